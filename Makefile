@@ -1,0 +1,108 @@
+# llama-paged: pinned upstream llama.cpp + patch series, built per configuration.
+#
+#   make [build] LLAMA_PAGED=on|off BACKEND=cpu|cuda|hip|vulkan
+#   make test            the gates (README: "Tests")
+#   make bench           stock vs paged, same run (docs/BENCHMARKS.md)
+#   make dev / make export-patches     the patch workflow (docs/DEVELOPING.md)
+#
+# Layout: src/<stock|paged>/ checkouts, build/<stock|paged>-<backend>/bin/.
+
+include LLAMA_VERSION
+
+LLAMA_PAGED ?= on
+BACKEND     ?= cpu
+
+ifeq ($(filter $(LLAMA_PAGED),on off),)
+$(error LLAMA_PAGED must be 'on' or 'off', got '$(LLAMA_PAGED)')
+endif
+
+BACKEND_FLAGS_cpu    :=
+BACKEND_FLAGS_cuda   := -DGGML_CUDA=ON
+BACKEND_FLAGS_hip    := -DGGML_HIP=ON
+BACKEND_FLAGS_vulkan := -DGGML_VULKAN=ON
+ifeq ($(filter $(BACKEND),cpu cuda hip vulkan),)
+$(error BACKEND must be one of cpu, cuda, hip, vulkan; got '$(BACKEND)')
+endif
+
+CONFIG    := $(if $(filter on,$(LLAMA_PAGED)),paged,stock)
+SRC_DIR   := src/$(CONFIG)
+BUILD_DIR := build/$(CONFIG)-$(BACKEND)
+
+# Debian's interpreter: it is the one python3-pytest and matplotlib install into.
+PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
+JOBS   ?= $(shell nproc)
+
+# Only what the project runs; the series' own tests come with the paged series.
+TARGETS := llama-server llama-completion llama-cli llama-batched-bench llama-bench \
+           llama-quantize test-llama-archs test-backend-ops
+PAGED_TEST_TARGETS :=
+
+CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=Release \
+               -DLLAMA_BUILD_TESTS=ON -DLLAMA_OPENSSL=OFF \
+               -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+               $(BACKEND_FLAGS_$(BACKEND))
+
+# Relative paths in ccache keys: a fresh clone elsewhere hits the same cache.
+export CCACHE_BASEDIR := $(CURDIR)
+
+.PHONY: all build prepare configure test test-fast check-series check-docs verify-tree \
+        check-cuda dev export-patches clean clean-src help models bench serve
+
+all: build
+
+help:
+	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
+
+prepare:
+	@LLAMA_PAGED=$(LLAMA_PAGED) ./prepare.sh >/dev/null
+
+$(BUILD_DIR)/build.ninja:
+	cmake -S $(SRC_DIR) -B $(BUILD_DIR) $(CMAKE_FLAGS)
+
+# configure re-runs only when there is no build tree yet; ninja itself
+# re-runs cmake when a CMakeLists.txt changes.
+configure: prepare
+	@$(MAKE) --no-print-directory $(BUILD_DIR)/build.ninja
+
+build: configure
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target $(TARGETS) $(if $(filter paged,$(CONFIG)),$(PAGED_TEST_TARGETS))
+	@echo "built $(CONFIG) ($(BACKEND)): $(BUILD_DIR)/bin/"
+
+# Both configurations: the gates compare them.
+build-both:
+	@$(MAKE) --no-print-directory build LLAMA_PAGED=off
+	@$(MAKE) --no-print-directory build LLAMA_PAGED=on
+
+check-series:
+	@scripts/check-series.sh
+
+check-docs:
+	@scripts/gen-knobs-doc.sh | diff -u docs/KNOBS.md - \
+	  || { echo "docs/KNOBS.md is stale: run 'scripts/gen-knobs-doc.sh > docs/KNOBS.md'"; exit 1; }
+
+verify-tree:
+	@scripts/verify-tree.sh
+
+check-cuda:
+	@scripts/check-cuda.sh
+
+dev:
+	@scripts/dev.sh
+
+export-patches:
+	@scripts/export-patches.sh
+
+test: check-series check-docs build-both
+	$(PYTHON) -m pytest -ra tests/
+
+# The orchestrator tests only: no build needed.
+test-fast: check-series check-docs
+	$(PYTHON) -m pytest -ra tests/test_prepare.py tests/test_series.py
+
+clean:
+	rm -rf build
+
+# Deletes the prepared checkouts. prepare.sh refuses to touch a checkout with
+# local changes; this is the explicit way to discard them (src/dev included).
+clean-src:
+	@for d in src/*/; do [ -d "$$d" ] && echo "removing $$d"; done; rm -rf src
