@@ -125,9 +125,9 @@ select_pristine() {
 # A git checkout or bundle: its HEAD and branches are candidates.
 import_source() {
     local src=$1 what=$2
-    git -C "$pristine_repo" fetch -q --no-tags "$src" \
-        '+HEAD:refs/incoming/HEAD' '+refs/heads/*:refs/incoming/heads/*' 2>/dev/null ||
-        git -C "$pristine_repo" fetch -q --no-tags "$src" '+HEAD:refs/incoming/HEAD' 2>/dev/null ||
+    git -C "$pristine_repo" fetch -q --no-tags "$src" '+HEAD:refs/incoming/HEAD' 2>/dev/null || true
+    git -C "$pristine_repo" fetch -q --no-tags "$src" '+refs/heads/*:refs/incoming/heads/*' 2>/dev/null || true
+    [ -n "$(git -C "$pristine_repo" for-each-ref refs/incoming/)" ] ||
         die "cannot read $what as a git checkout or bundle: $src"
     select_pristine "$what $src"
 }

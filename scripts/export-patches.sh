@@ -52,5 +52,5 @@ done
     cat "$tmp/series.list"
 } > "$out/series"
 git -C "$dev" rev-parse 'HEAD^{tree}' > "$out/tree-hash"
-"$ROOT/scripts/gen-knobs-doc.sh" > "$ROOT/docs/KNOBS.md"
+"$ROOT/scripts/gen-knobs-doc.sh" > "${KNOBS_DOC:-$ROOT/docs/KNOBS.md}"
 printf 'export: %d patches in %s, tree %s\n' "$(wc -l < "$tmp/series.list")" "$out" "$(cat "$out/tree-hash")" >&2

@@ -56,7 +56,7 @@ done
 for f in "${rows[@]}"; do
     split_patch "$f"
     printf '\n<a id="%s"></a>\n## %s: %s\n\n' "$(patch_anchor "$f")" "$(patch_label "$f")" "$(sed -n 's/^Subject: //p' "$tmp/info")"
-    printf 'File: `%s`\n\n' "${f#"$ROOT"/}"
+    printf 'File: `%s`\n\n' "${f#"${patches%/*}"/}"
     # The body without its trailer block.
     awk -v n="$(git interpret-trailers --parse < "$tmp/msg" | wc -l)" '
         { lines[NR] = $0 }

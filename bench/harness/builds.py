@@ -1,0 +1,86 @@
+"""Where the two builds' binaries are, and the checks that fail early and clearly
+when a binary or a model is missing (before any minutes-long run starts)."""
+import os
+import pathlib
+import re
+import shlex
+import subprocess
+
+from .errors import BenchError
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
+BUILDS = ("stock", "paged")
+BUILD_HINT = {"stock": "make build LLAMA_PAGED=off", "paged": "make build LLAMA_PAGED=on"}
+
+
+def default_bin_dir(build):
+    """STOCK_BIN / PAGED_BIN from the environment, else build/<build>-cpu/bin."""
+    env = os.environ.get(f"{build.upper()}_BIN")
+    return pathlib.Path(env) if env else ROOT / "build" / f"{build}-cpu" / "bin"
+
+
+def add_build_args(parser):
+    """--stock-bin, --paged-bin and --knobs, shared by every tool."""
+    for build in BUILDS:
+        parser.add_argument(f"--{build}-bin", type=pathlib.Path, default=default_bin_dir(build),
+                            help=f"directory of the {build} binaries (env {build.upper()}_BIN; "
+                                 f"default build/{build}-cpu/bin)")
+    parser.add_argument("--knobs", default=os.environ.get("BENCH_KNOBS", ""),
+                        help='environment for the paged runs only, e.g. "LLAMA_X=1 LLAMA_Y=2" '
+                             "(env BENCH_KNOBS)")
+
+
+def bin_dirs(args):
+    return {"stock": args.stock_bin, "paged": args.paged_bin}
+
+
+def require(bin_dirs, tool, models=()):
+    """Checks every binary and model up front and reports all problems at once."""
+    problems = []
+    for build, directory in bin_dirs.items():
+        path = pathlib.Path(directory) / tool
+        if not path.is_file() or not os.access(path, os.X_OK):
+            problems.append(f"{build} binary {tool} not found at {path} "
+                            f"(build it with '{BUILD_HINT[build]}' or set {build.upper()}_BIN)")
+    for model in models:
+        if not pathlib.Path(model).is_file():
+            problems.append(f"model not found: {model}")
+    if problems:
+        raise BenchError("; ".join(problems))
+
+
+KNOB_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def parse_knobs(text):
+    """'A=1 B=2' -> {'A': '1', 'B': '2'}; anything else is an error, not a silent no-op."""
+    knobs = {}
+    for item in shlex.split(text or ""):
+        name, sep, value = item.partition("=")
+        if not sep or not KNOB_NAME.match(name):
+            raise BenchError(f"--knobs: '{item}' is not NAME=VALUE")
+        knobs[name] = value
+    return knobs
+
+
+def run_env(build, knobs):
+    """The environment of one run. Knobs go to the paged build only; they are
+    removed from the stock run's environment so an exported knob cannot leak into
+    the baseline."""
+    env = dict(os.environ)
+    for name in knobs:
+        env.pop(name, None)
+    if build == "paged":
+        env.update(knobs)
+    return env
+
+
+def version_text(binary):
+    """The binary's --version banner (stderr), which names the commit and, for a
+    paged build, the series. Recorded with every result for provenance."""
+    try:
+        proc = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
+                              timeout=30, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"unavailable: {err}"
+    return (proc.stdout + proc.stderr).strip()

@@ -1,0 +1,61 @@
+"""PNG plots. matplotlib is imported lazily with the Agg backend: the tools run
+headless, and a run that only wants JSON should not pay for the import."""
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def line_plot(path, title, xlabel, ylabel, series, log2_x=False, hline=None):
+    """series: list of (label, xs, ys, (lower_errs, upper_errs) or None)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, xs, ys, errs in series:
+        pts = [(x, y, i) for i, (x, y) in enumerate(zip(xs, ys)) if y is not None]
+        if not pts:
+            continue
+        px = [p[0] for p in pts]
+        py = [p[1] for p in pts]
+        yerr = None
+        if errs:
+            yerr = [[errs[0][p[2]] or 0 for p in pts], [errs[1][p[2]] or 0 for p in pts]]
+        ax.errorbar(px, py, yerr=yerr, marker="o", capsize=3, label=label)
+    if hline is not None:
+        ax.axhline(hline, color="grey", linestyle="--", linewidth=1)
+    if log2_x:
+        ax.set_xscale("log", base=2)
+        ticks = sorted({x for _, xs, _, _ in series for x in xs})
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([str(t) for t in ticks])
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def cdf_plot(path, title, xlabel, samples):
+    """samples: list of (label, values). Empirical CDF, one step line per label."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, values in samples:
+        data = sorted(v for v in values if v is not None)
+        if not data:
+            continue
+        ys = [(i + 1) / len(data) for i in range(len(data))]
+        ax.step(data, ys, where="post", label=f"{label} (n={len(data)})")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("fraction of samples <= x")
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,67 @@
+"""One streaming /completion request, timed token by token.
+
+llama-server answers a streaming /completion with server-sent events, one
+`data: {json}` line per sampled token (tokens_predicted counts them), then a
+final event with "stop": true and the "timings" object (prompt_n = prompt
+tokens computed, cache_n = prompt tokens reused from the slot's cache). The
+first event is sent only once a token exists, so the time to it is the TTFT.
+"""
+import http.client
+import json
+import time
+
+from .server import HOST
+
+
+def stream_completion(port, body, t0, timeout=900.0):
+    """POSTs body (stream forced on) and returns a record with times relative to
+    t0 (a time.perf_counter() origin shared by all requests of a run):
+    t_send, t_first, t_end, token_times (one per token), timings, error."""
+    body = dict(body, stream=True)
+    rec = {"t_send": time.perf_counter() - t0, "t_first": None, "t_end": None,
+           "token_times": [], "timings": None, "n_predicted": 0, "error": None}
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("POST", "/completion", body=json.dumps(body),
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            rec["error"] = f"HTTP {resp.status}: {resp.read()[:500].decode(errors='replace')}"
+            return rec
+        seen = 0
+        while True:
+            line = resp.readline()
+            if not line:
+                break
+            now = time.perf_counter() - t0
+            line = line.strip()
+            if not line.startswith(b"data: "):
+                continue  # blank separators and ':' keep-alive pings
+            payload = line[len(b"data: "):]
+            if payload == b"[DONE]":
+                break
+            event = json.loads(payload)
+            if "error" in event:
+                rec["error"] = json.dumps(event["error"])[:500]
+                break
+            # One event normally carries one token; count by tokens_predicted so an
+            # event that carries several (speculative decoding) still adds up.
+            predicted = event.get("tokens_predicted", seen)
+            if predicted > seen:
+                rec["token_times"].extend([now] * (predicted - seen))
+                seen = predicted
+            if event.get("timings"):
+                rec["timings"] = event["timings"]
+            if event.get("stop"):
+                break
+        rec["n_predicted"] = seen
+    except (OSError, http.client.HTTPException, ValueError) as err:
+        rec["error"] = f"{type(err).__name__}: {err}"
+    finally:
+        conn.close()
+        rec["t_end"] = time.perf_counter() - t0
+    if rec["token_times"]:
+        rec["t_first"] = rec["token_times"][0]
+    if rec["error"] is None and rec["timings"] is None:
+        rec["error"] = "stream ended without a final event carrying timings"
+    return rec

@@ -1,0 +1,81 @@
+"""Server gate: stock and paged llama-server, several parallel slots, unified
+and per-slot KV, the same request schedule at temperature 0; the paged server
+with no knob set must answer exactly what stock answers."""
+import sys
+
+import pytest
+
+from conftest import ROOT, bin_dir
+
+sys.path.insert(0, str(ROOT / "verify"))
+import gate  # noqa: E402
+from server import Server, ServerError, free_port  # noqa: E402
+
+N_SLOTS = 4
+N_PREDICT = 24
+MODELS = ["gate-qwen35", "gate-llama", "gate-qwen35moe"]
+
+
+def schedule(srv):
+    """The fixed schedule; returns {case: [content, ...]}."""
+    shared = gate._words(120, 7)
+    different = [gate._words(40 + 25 * i, 10 + i) for i in range(N_SLOTS)]
+    out = {}
+    out["single"] = [srv.complete("Once upon a time", N_PREDICT)["content"]]
+    out["identical"] = [r["content"] for r in srv.complete_concurrently([shared] * N_SLOTS, N_PREDICT)]
+    out["different"] = [r["content"] for r in srv.complete_concurrently(different, N_PREDICT)]
+    # Second wave: the first wave's prompts again, so slots reuse cached prefixes.
+    second = srv.complete_concurrently(different, N_PREDICT)
+    out["second-wave"] = [r["content"] for r in second]
+    out["second-wave-reused"] = [str(r["timings"]["cache_n"] > 0) for r in second]
+    return out
+
+
+def serve_and_run(config, model, kv_unified, tmp_path):
+    args = ["-np", str(N_SLOTS), "-c", str(N_SLOTS * 1024), "-t", "2", "-b", "256", "-ub", "64",
+            "--metrics"]
+    if kv_unified:
+        args.append("-kvu")
+    log = tmp_path / f"{config}-{model}-{'kvu' if kv_unified else 'split'}.log"
+    with Server(bin_dir(config), gate.MODELS_DIR / f"{model}.gguf", args, log_path=log) as srv:
+        return schedule(srv), srv.command()
+
+
+@pytest.mark.parametrize("kv_unified", [False, True], ids=["per-slot-kv", "unified-kv"])
+@pytest.mark.parametrize("model", MODELS)
+def test_paged_server_answers_like_stock(model, kv_unified, tmp_path):
+    stock, stock_cmd = serve_and_run("stock", model, kv_unified, tmp_path)
+    paged, paged_cmd = serve_and_run("paged", model, kv_unified, tmp_path)
+    for case in stock:
+        for i, (s, p) in enumerate(zip(stock[case], paged[case])):
+            assert s == p, (f"{model} {'unified' if kv_unified else 'per-slot'} KV, case {case} request {i}: "
+                            f"paged differs from stock\n  stock: {s!r}\n  paged: {p!r}\n"
+                            f"  stock server: {' '.join(stock_cmd)}\n  paged server: {' '.join(paged_cmd)}\n"
+                            f"  logs in {tmp_path}")
+    assert all(len(c) > 0 for c in stock["single"])
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ServerError, match="does not exist"):
+        with Server(bin_dir("paged"), tmp_path / "nope.gguf"):
+            pass
+
+
+def test_port_taken_is_a_clear_error():
+    import socket
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        with pytest.raises(ServerError, match="already taken"):
+            with Server(bin_dir("paged"), gate.MODELS_DIR / "gate-llama.gguf", port=port):
+                pass
+
+
+def test_server_that_dies_is_reported_and_stopped(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF but not really")
+    with pytest.raises(ServerError, match="exited"):
+        with Server(bin_dir("paged"), bad, log_path=tmp_path / "bad.log"):
+            pass
+    assert (tmp_path / "bad.log").exists(), "the log of a failed start is kept"
