@@ -45,8 +45,8 @@ CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=Release \
 # Relative paths in ccache keys: a fresh clone elsewhere hits the same cache.
 export CCACHE_BASEDIR := $(CURDIR)
 
-.PHONY: all build prepare configure test test-fast check-series check-docs verify-tree \
-        check-cuda dev export-patches clean clean-src help models bench serve
+.PHONY: all build build-both prepare configure test test-fast check-series check-docs verify-tree \
+        check-cuda dev export-patches clean clean-src help models bench-models serve serve-stop
 
 all: build
 
@@ -92,8 +92,62 @@ dev:
 export-patches:
 	@scripts/export-patches.sh
 
-test: check-series check-docs build-both
-	$(PYTHON) -m pytest -ra tests/
+# --- test models (verify/) ---------------------------------------------------
+# Generated on demand into MODELS_DIR by the generator, linked against the stock
+# build's libllama (the public API only); never committed.
+MODELS_DIR   ?= .cache/models
+STOCK_BIN    := build/stock-$(BACKEND)/bin
+GEN_MODEL    := build/tools/gen-model
+GEN_SRC      := $(firstword $(wildcard verify/gen-model.c verify/gen-model.cpp))
+GATE_PRESETS := gate-llama gate-qwen3 gate-qwen3moe gate-qwen35 gate-qwen35moe gate-qwen3next
+GATE_MODELS  := $(GATE_PRESETS:%=$(MODELS_DIR)/%.gguf)
+BENCH_QUANTS := q8_0 q4_k_m
+BENCH_MODEL_FILES := $(foreach p,bench-qwen35 bench-qwen35moe bench-llama,$(BENCH_QUANTS:%=$(MODELS_DIR)/$(p)-%.gguf))
+QWEN35_VOCAB := src/stock/models/ggml-vocab-qwen35.gguf
+GEN_COMPILER := $(if $(filter %.cpp,$(GEN_SRC)),$(CXX) -std=c++17,$(CC) -std=c11)
+
+$(GEN_MODEL): $(GEN_SRC) $(STOCK_BIN)/libllama.so
+	@mkdir -p $(@D)
+	$(GEN_COMPILER) -O2 -Wall -Wextra -o $@ $< -Isrc/stock/include -Isrc/stock/ggml/include \
+	    -L$(STOCK_BIN) -lllama -lggml -lggml-base -Wl,-rpath,$(CURDIR)/$(STOCK_BIN) -lm
+
+$(STOCK_BIN)/libllama.so:
+	@$(MAKE) --no-print-directory build LLAMA_PAGED=off
+
+$(MODELS_DIR)/gate-%.gguf: $(GEN_MODEL)
+	@mkdir -p $(@D)
+	$(GEN_MODEL) --preset gate-$* --seed 1 -o $@
+
+$(MODELS_DIR)/bench-%-f32.gguf: $(GEN_MODEL)
+	@mkdir -p $(@D)
+	$(GEN_MODEL) --preset bench-$* --seed 1 --vocab $(QWEN35_VOCAB) -o $@
+
+# The f32 originals are intermediates: large, and only the quantized ones are used.
+.INTERMEDIATE: $(foreach p,bench-qwen35 bench-qwen35moe bench-llama,$(MODELS_DIR)/$(p)-f32.gguf)
+$(MODELS_DIR)/bench-%-q8_0.gguf: $(MODELS_DIR)/bench-%-f32.gguf
+	$(STOCK_BIN)/llama-quantize $< $@ Q8_0 $(JOBS) > $@.log 2>&1 || { tail -n 20 $@.log; exit 1; }
+$(MODELS_DIR)/bench-%-q4_k_m.gguf: $(MODELS_DIR)/bench-%-f32.gguf
+	$(STOCK_BIN)/llama-quantize $< $@ Q4_K_M $(JOBS) > $@.log 2>&1 || { tail -n 20 $@.log; exit 1; }
+
+models: $(GATE_MODELS)
+bench-models: $(BENCH_MODEL_FILES)
+
+# --- main job -------------------------------------------------------------------
+MODEL ?= $(MODELS_DIR)/bench-qwen35-q8_0.gguf
+
+serve: build
+	@if [ "$(MODEL)" = "$(MODELS_DIR)/bench-qwen35-q8_0.gguf" ]; then $(MAKE) --no-print-directory $(MODEL); fi
+	@MODEL=$(MODEL) scripts/serve.sh
+
+serve-stop:
+	@scripts/serve.sh stop
+
+# --- benchmarks (bench/bench.mk: make bench, make bench-smoke) -------------------
+include bench/bench.mk
+
+# --- tests ----------------------------------------------------------------------
+test: check-series check-docs build-both verify-tree check-cuda models
+	MODELS_DIR=$(abspath $(MODELS_DIR)) $(PYTHON) -m pytest -ra tests/
 
 # The orchestrator tests only: no build needed.
 test-fast: check-series check-docs

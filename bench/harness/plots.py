@@ -34,16 +34,22 @@ def line_plot(path, title, xlabel, ylabel, series, log2_x=False, hline=None):
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # no data: no empty-legend warning
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def cdf_plot(path, title, xlabel, samples):
-    """samples: list of (label, values). Empirical CDF, one step line per label."""
+    """samples: list of (label, values). Empirical CDF, one step line per label.
+    The x axis is logarithmic when every value is positive: a stall can be a
+    hundred times the median gap, and on a linear axis the tail is invisible."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    all_values = [v for _, values in samples for v in values if v is not None]
+    if all_values and min(all_values) > 0:
+        ax.set_xscale("log")
     for label, values in samples:
         data = sorted(v for v in values if v is not None)
         if not data:
@@ -55,7 +61,8 @@ def cdf_plot(path, title, xlabel, samples):
     ax.set_ylabel("fraction of samples <= x")
     ax.set_ylim(0, 1.02)
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # no data: no empty-legend warning
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

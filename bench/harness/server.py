@@ -51,7 +51,7 @@ class LlamaServer:
     """Context manager: `with LlamaServer(...) as srv:` starts, waits for health,
     and always stops the process on exit."""
 
-    def __init__(self, binary, model, args, env, log_path, label, health_timeout=600.0):
+    def __init__(self, binary, model, args, env, log_path, label, health_timeout=600.0, keep_dir=None):
         self.binary = pathlib.Path(binary)
         self.model = model
         self.args = [str(a) for a in args]
@@ -59,6 +59,9 @@ class LlamaServer:
         self.log_path = pathlib.Path(log_path)
         self.label = label
         self.health_timeout = health_timeout
+        # log_path may be in a temporary directory; a failed start copies the
+        # log here so the error message points at a file that still exists.
+        self.keep_dir = keep_dir
         self.proc = None
         self.port = None
         self.failed = False
@@ -83,9 +86,10 @@ class LlamaServer:
                 break
         self.failed = True
         self.stop()
+        kept = self.keep_log(self.keep_dir) if self.keep_dir else self.log_path
         raise BenchError(f"{self.label} llama-server did not become healthy "
-                         f"(exit code {self.proc.returncode}); log kept at {self.log_path}:\n"
-                         f"{log_tail(self.log_path)}")
+                         f"(exit code {self.proc.returncode}): {' '.join(self.command(self.port))}\n"
+                         f"log kept at {kept}; its end:\n{log_tail(self.log_path)}")
 
     def _wait_healthy(self):
         deadline = time.monotonic() + self.health_timeout

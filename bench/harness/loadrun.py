@@ -1,0 +1,116 @@
+"""Running a request plan against one server, and the latency figures of a run.
+
+One thread per in-flight request: each thread blocks on its own SSE stream, so
+a stall on the server shows up as a gap in that request's token times rather
+than being hidden by a client-side event loop.
+"""
+import threading
+import time
+
+from . import stats
+from .sse_client import stream_completion
+
+
+def request_body(workload, req):
+    return {
+        "prompt": req["prompt"],
+        "n_predict": req["n_predict"],
+        "cache_prompt": True,
+        "temperature": 0.0,
+        "seed": workload["seed"],
+        # Without this, a model that samples EOS early would do less work on one
+        # build than the other, and the runs would not be comparable.
+        "ignore_eos": workload["ignore_eos"],
+    }
+
+
+def execute(port, workload, waves):
+    """Sends every request at its planned time; returns the records in plan order.
+    A wave without start_s begins when every earlier request has finished; a
+    wave with start_s begins that many seconds after the run started."""
+    t0 = time.perf_counter()
+    records = {}
+    threads = []
+
+    def worker(req):
+        rec = stream_completion(port, request_body(workload, req), t0,
+                                timeout=workload["request_timeout_s"])
+        rec.update(id=req["id"], wave=req["wave"], has_prefix=req["has_prefix"],
+                   approx_tokens=req["approx_tokens"], n_predict=req["n_predict"])
+        records[req["id"]] = rec
+
+    for wave in waves:
+        if wave["start_s"] is None:
+            for thread in threads:
+                thread.join()
+            wave_t = time.perf_counter() - t0
+        else:
+            wave_t = wave["start_s"]
+        for req in wave["requests"]:
+            delay = wave_t + req["offset_s"] - (time.perf_counter() - t0)
+            if delay > 0:
+                time.sleep(delay)
+            thread = threading.Thread(target=worker, args=(req,), name=req["id"], daemon=True)
+            thread.start()
+            threads.append(thread)
+    for thread in threads:
+        thread.join()
+    return [records[r["id"]] for w in waves for r in w["requests"]]
+
+
+def _gaps(times):
+    return [b - a for a, b in zip(times, times[1:])]
+
+
+def request_metrics(rec):
+    """Adds ttft_s, itl_s (list), max_gap_s and the server's token counts."""
+    timings = rec.get("timings") or {}
+    gaps = _gaps(rec["token_times"])
+    rec["ttft_s"] = None if rec["t_first"] is None else rec["t_first"] - rec["t_send"]
+    rec["itl_s"] = gaps
+    rec["max_gap_s"] = max(gaps) if gaps else None
+    rec["prompt_n"] = timings.get("prompt_n")
+    rec["cache_n"] = timings.get("cache_n")
+    rec["predicted_n"] = timings.get("predicted_n", rec["n_predicted"])
+    return rec
+
+
+def group_metrics(recs):
+    """The figures of a set of requests (a wave or the whole run)."""
+    ok = [r for r in recs if r["error"] is None]
+    tokens = sum(r["n_predicted"] for r in ok)
+    span = None
+    if ok:
+        last = max((r["token_times"][-1] for r in ok if r["token_times"]), default=None)
+        if last is not None:
+            span = last - min(r["t_send"] for r in ok)
+    stall = max((r for r in ok if r["max_gap_s"] is not None), key=lambda r: r["max_gap_s"], default=None)
+    stall_at = None
+    if stall is not None:
+        gaps = stall["itl_s"]
+        stall_at = stall["token_times"][gaps.index(stall["max_gap_s"])]
+    return {
+        "n_requests": len(recs),
+        "n_errors": len(recs) - len(ok),
+        "ttft_s": stats.latency_summary([r["ttft_s"] for r in ok]),
+        "itl_s": stats.latency_summary([g for r in ok for g in r["itl_s"]]),
+        # The longest time any single in-flight request waited between two of its
+        # tokens: what a long prefill scheduled alongside decoders costs them.
+        "max_decode_stall_s": None if stall is None else stall["max_gap_s"],
+        "max_decode_stall_request": None if stall is None else stall["id"],
+        "max_decode_stall_ends_at_s": stall_at,
+        "output_tokens": tokens,
+        "output_tok_per_s": stats.ratio(tokens, span),
+        "span_s": span,
+        "prompt_tokens_computed": sum(r["prompt_n"] or 0 for r in ok),
+        "prompt_tokens_reused": sum(r["cache_n"] or 0 for r in ok),
+    }
+
+
+def run_metrics(recs, n_waves):
+    for rec in recs:
+        request_metrics(rec)
+    return {
+        "overall": group_metrics(recs),
+        "waves": [group_metrics([r for r in recs if r["wave"] == wi]) for wi in range(n_waves)],
+    }

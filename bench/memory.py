@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Resident memory of llama-server, stock vs paged, at given context sizes and
+slot counts.
+
+    bench/memory.py --model M.gguf --configs 4096:1,16384:4 --out DIR
+
+For each -c:-np pair and build: start the server, read VmRSS/VmHWM from
+/proc/<pid>/status once /health is ok ("idle"), run a fixed request schedule
+(one wave of -np concurrent requests, each filling about --fill of its slot),
+read them again ("after"), and take the buffer sizes (KV, RS, compute, ...)
+that llama.cpp logs. Writes DIR/memory.json and DIR/memory.md.
+"""
+import argparse
+import json
+import os
+import pathlib
+import shlex
+import sys
+import tempfile
+
+from harness import builds, loadrun, procmem, server_log, stats, tables, workload as wl
+from harness.errors import BenchError, run_main
+from harness.server import LlamaServer
+
+# llama-level INFO lines (the buffer sizes) are printed from verbosity 4 on.
+LOG_VERBOSITY = "4"
+
+
+def configs(text):
+    out = []
+    for item in text.split(","):
+        ctx, sep, n_par = item.strip().partition(":")
+        try:
+            out.append((int(ctx), int(n_par)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected CTX:NP[,CTX:NP...], got {text!r}") from None
+        if not sep or out[-1][0] < 1 or out[-1][1] < 1:
+            raise argparse.ArgumentTypeError(f"expected CTX:NP[,CTX:NP...], got {text!r}")
+    return out
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="GGUF model")
+    p.add_argument("--configs", type=configs, default=[(4096, 1), (16384, 4)],
+                   help="comma-separated -c:-np pairs (default 4096:1,16384:4)")
+    p.add_argument("--out", required=True, type=pathlib.Path, help="output directory")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="llama-server -t (default: all cores)")
+    p.add_argument("--fill", type=float, default=0.5,
+                   help="prompt length of each scheduled request as a fraction of its slot (default 0.5)")
+    p.add_argument("--n-predict", type=int, default=32, help="tokens generated per scheduled request")
+    p.add_argument("--server-args", default="", help="extra llama-server arguments for both builds")
+    p.add_argument("--health-timeout", type=float, default=600.0, help="seconds to wait for /health")
+    builds.add_build_args(p)
+    args = p.parse_args(argv)
+    if not 0 < args.fill < 1:
+        raise BenchError("--fill must be between 0 and 1")
+    return args
+
+
+def schedule(ctx, n_par, fill, n_predict):
+    """The fixed request schedule: every slot busy at once, with unique prompts
+    (no prefix sharing), so the KV of every slot is actually written."""
+    per_slot = ctx // n_par
+    return wl.validate({"name": f"memory-{ctx}x{n_par}", "n_slots": n_par, "ctx": ctx, "seed": 0,
+                        "n_requests": n_par, "prompt_tokens": max(1, int(per_slot * fill)),
+                        "n_predict": n_predict})
+
+
+def mib(kib):
+    return None if kib is None else kib / 1024.0
+
+
+def measure(args, build, ctx, n_par, knobs, log_dir):
+    bin_dir = builds.bin_dirs(args)[build]
+    server_args = ["-c", ctx, "-np", n_par, "-t", args.threads, "-lv", LOG_VERBOSITY,
+                   *shlex.split(args.server_args)]
+    log = pathlib.Path(log_dir) / f"server-memory-{ctx}x{n_par}-{build}.log"
+    server = LlamaServer(bin_dir / "llama-server", args.model, server_args, builds.run_env(build, knobs),
+                         log, build, health_timeout=args.health_timeout, keep_dir=args.out / "logs")
+    with server:
+        idle = procmem.vm_status(server.pid)
+        work = schedule(ctx, n_par, args.fill, args.n_predict)
+        recs = loadrun.execute(server.port, work, wl.plan(work))
+        after = procmem.vm_status(server.pid)
+    errors = [r["error"] for r in recs if r["error"]]
+    if errors:
+        kept = server.keep_log(args.out / "logs")
+        raise BenchError(f"{build} -c {ctx} -np {n_par}: {len(errors)} scheduled request(s) failed "
+                         f"({errors[0]}); server log kept at {kept}")
+    buffers = server_log.buffer_sizes(log.read_text(errors="replace"))
+    return {
+        "build": build, "ctx": ctx, "np": n_par, "command": server.command(server.port),
+        "knobs": knobs if build == "paged" else {},
+        "idle_kib": idle, "after_kib": after, "buffers_mib": buffers["by_kind"], "buffer_lines": buffers["lines"],
+        "schedule": {"n_requests": len(recs), "prompt_n": [loadrun.request_metrics(r)["prompt_n"] for r in recs],
+                     "n_predict": args.n_predict},
+    }
+
+
+def markdown(results):
+    kinds = sorted({k for r in results for k in r["buffers_mib"]}, key=lambda k: (k != "KV", k))
+    header = ["-c", "-np", "build", "RSS idle MiB", "HWM idle MiB", "RSS after MiB", "HWM after MiB",
+              *[f"{k} buffers MiB" for k in kinds]]
+    rows = []
+    for r in results:
+        rows.append([r["ctx"], r["np"], r["build"],
+                     tables.num(mib(r["idle_kib"].get("VmRSS")), 1), tables.num(mib(r["idle_kib"].get("VmHWM")), 1),
+                     tables.num(mib(r["after_kib"].get("VmRSS")), 1), tables.num(mib(r["after_kib"].get("VmHWM")), 1),
+                     *[tables.num(r["buffers_mib"].get(k), 2) for k in kinds]])
+    by_key = {(r["ctx"], r["np"], r["build"]): r for r in results}
+    for ctx, n_par in dict.fromkeys((r["ctx"], r["np"]) for r in results):
+        s, p = by_key.get((ctx, n_par, "stock")), by_key.get((ctx, n_par, "paged"))
+        if s and p:
+            row = [ctx, n_par, "paged/stock"]
+            for when in ("idle_kib", "after_kib"):
+                for key in ("VmRSS", "VmHWM"):
+                    row.append(tables.num(stats.ratio(p[when].get(key), s[when].get(key)), 3))
+            row += [tables.num(stats.ratio(p["buffers_mib"].get(k), s["buffers_mib"].get(k)), 3) for k in kinds]
+            rows.append(row)
+    return ("### memory: llama-server resident set\n\n"
+            "idle = right after /health is ok; after = after the fixed schedule (-np concurrent "
+            "requests with unique prompts). HWM is the peak resident set so far. Buffer sizes "
+            "are the ones llama.cpp logs (summed per kind).\n\n" + tables.markdown_table(header, rows))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    knobs = builds.parse_knobs(args.knobs)
+    builds.require(builds.bin_dirs(args), "llama-server", [args.model])
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="memory-logs-") as log_dir:
+        for ctx, n_par in args.configs:
+            for build in builds.BUILDS:
+                print(f"memory: -c {ctx} -np {n_par} on {build} ...", file=sys.stderr, flush=True)
+                results.append(measure(args, build, ctx, n_par, knobs, log_dir))
+    versions = {b: builds.version_text(builds.bin_dirs(args)[b] / "llama-server") for b in builds.BUILDS}
+    (args.out / "memory.json").write_text(json.dumps({"model": args.model, "versions": versions,
+                                                      "knobs_paged": knobs, "results": results}, indent=1))
+    text = markdown(results)
+    (args.out / "memory.md").write_text(text)
+    print(text, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
