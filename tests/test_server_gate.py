@@ -41,7 +41,7 @@ def schedule(srv):
 
 
 def serve_and_run(config, model, kv_unified, tmp_path):
-    args = ["-np", str(N_SLOTS), "-c", str(N_SLOTS * 1024), "-t", "2", "-b", "256", "-ub", "64",
+    args = ["-np", str(N_SLOTS), "-c", str(N_SLOTS * 1024), "-t", str(gate.THREADS), "-b", "256", "-ub", "64",
             "--metrics"]
     if kv_unified:
         args.append("-kvu")
