@@ -13,7 +13,10 @@ from server import Server, ServerError, free_port  # noqa: E402
 
 N_SLOTS = 4
 N_PREDICT = 24
-MODELS = ["gate-qwen35", "gate-llama", "gate-qwen35moe"]
+# The top log-probabilities of every generated token are compared too: a greedy token survives
+# most last-bit changes, its log-probability (printed to round-trip) does not.
+N_PROBS = 3
+MODELS = gate.GATE_MODELS
 
 
 def complete_together(srv, prompts):
@@ -21,8 +24,15 @@ def complete_together(srv, prompts):
     same step, so the batches are the same in every run. Separate HTTP clients would race, and
     on the CPU a different batch shape can change the kernel and so the low bits."""
     results = srv.post("/completion", {"prompt": prompts, "n_predict": N_PREDICT, "temperature": 0,
-                                       "seed": 1, "cache_prompt": True})
+                                       "seed": 1, "cache_prompt": True, "n_probs": N_PROBS})
     return sorted(results, key=lambda r: r["index"])
+
+
+def answer(result):
+    """What must match exactly: the text and the top log-probabilities of each token."""
+    probs = [[(t["token"], t["logprob"], [(c["token"], c["logprob"]) for c in t["top_logprobs"]])]
+             for t in result["completion_probabilities"]]
+    return f"{result['content']!r} {probs!r}"
 
 
 def schedule(srv):
@@ -30,12 +40,12 @@ def schedule(srv):
     shared = gate._words(120, 7)
     different = [gate._words(40 + 25 * i, 10 + i) for i in range(N_SLOTS)]
     out = {}
-    out["single"] = [srv.complete("Once upon a time", N_PREDICT)["content"]]
-    out["identical"] = [r["content"] for r in complete_together(srv, [shared] * N_SLOTS)]
-    out["different"] = [r["content"] for r in complete_together(srv, different)]
+    out["single"] = [answer(srv.complete("Once upon a time", N_PREDICT, n_probs=N_PROBS))]
+    out["identical"] = [answer(r) for r in complete_together(srv, [shared] * N_SLOTS)]
+    out["different"] = [answer(r) for r in complete_together(srv, different)]
     # Second wave: the first wave's prompts again, so slots reuse cached prefixes.
     second = complete_together(srv, different)
-    out["second-wave"] = [r["content"] for r in second]
+    out["second-wave"] = [answer(r) for r in second]
     out["second-wave-reused"] = [str(r["timings"]["cache_n"] > 0) for r in second]
     return out
 
