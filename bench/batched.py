@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""llama-batched-bench on the stock and the paged build, interleaved
-(stock, paged, stock, paged, ...) so that drift of the machine (heat, other
-load) falls on both builds alike.
+"""llama-batched-bench on the stock and the paged build, interleaved: one
+batch size per run, the builds back to back, stock first in even and paged
+first in odd repetitions, so that drift of the machine (heat, other load)
+and the cost of going first fall on both builds alike.
 
     bench/batched.py --models M.gguf [M2.gguf ...] --out DIR [--reps 3] [--npl 1,4,8,16,32]
 
@@ -63,10 +64,10 @@ def needed_ctx(args):
     return max(args.npl) * (max(args.npp) + max(args.ntg))
 
 
-def command(bin_dir, model, args, ctx):
+def command(bin_dir, model, args, ctx, npl):
     join = lambda values: ",".join(str(v) for v in values)  # noqa: E731
     return [str(pathlib.Path(bin_dir) / TOOL), "-m", model, "-npp", join(args.npp), "-ntg", join(args.ntg),
-            "-npl", join(args.npl), "-fa", args.fa, "-t", str(args.threads), "-c", str(ctx),
+            "-npl", join(npl), "-fa", args.fa, "-t", str(args.threads), "-c", str(ctx),
             "--output-format", "jsonl", *shlex.split(args.extra_args)]
 
 
@@ -90,8 +91,8 @@ def run_once(cmd, env, log_path, timeout):
     return rows, wall
 
 
-def check_complete(rows, args, cmd):
-    expected = {(pp, tg, pl) for pp in args.npp for tg in args.ntg for pl in args.npl}
+def check_complete(rows, args, cmd, npl):
+    expected = {(pp, tg, pl) for pp in args.npp for tg in args.ntg for pl in npl}
     missing = expected - {(r["pp"], r["tg"], r["pl"]) for r in rows}
     if missing:
         raise BenchError(f"{TOOL} skipped points {sorted(missing)} (context too small?): {' '.join(cmd)}")
@@ -184,15 +185,18 @@ def main(argv=None):
     runs = []
     for model in args.models:
         for rep in range(args.reps):
-            for build in builds.BUILDS:
-                cmd = command(dirs[build], model, args, ctx)
-                print(f"batched: {pathlib.Path(model).name} rep {rep + 1}/{args.reps} {build}",
-                      file=sys.stderr, flush=True)
-                log = args.out / f"batched-{pathlib.Path(model).stem}-{build}-rep{rep}.log"
-                rows, wall = run_once(cmd, builds.run_env(build, knobs), log, args.timeout)
-                check_complete(rows, args, cmd)
-                runs.append({"model": model, "build": build, "rep": rep, "command": cmd, "wall_s": wall,
-                             "knobs": knobs if build == "paged" else {}, "rows": rows})
+            # One batch size per run, the two builds back to back: a pair of runs seconds
+            # apart sees the same machine, where whole sweeps a minute apart did not.
+            for pl in args.npl:
+                for build in builds.rep_order(rep):
+                    cmd = command(dirs[build], model, args, ctx, [pl])
+                    print(f"batched: {pathlib.Path(model).name} rep {rep + 1}/{args.reps} B={pl} {build}",
+                          file=sys.stderr, flush=True)
+                    log = args.out / f"batched-{pathlib.Path(model).stem}-{build}-rep{rep}-pl{pl}.log"
+                    rows, wall = run_once(cmd, builds.run_env(build, knobs), log, args.timeout)
+                    check_complete(rows, args, cmd, [pl])
+                    runs.append({"model": model, "build": build, "rep": rep, "npl": pl, "command": cmd,
+                                 "wall_s": wall, "knobs": knobs if build == "paged" else {}, "rows": rows})
 
     result = {
         "tool": TOOL, "ctx": ctx, "npp": args.npp, "ntg": args.ntg, "npl": args.npl,

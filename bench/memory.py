@@ -6,7 +6,7 @@ slot counts.
 
 For each -c:-np pair and build: start the server, read VmRSS/VmHWM from
 /proc/<pid>/status once /health is ok ("idle"), run a fixed request schedule
-(one wave of -np concurrent requests, each filling about --fill of its slot),
+(one wave of -np concurrent requests of --prompt-tokens each, at most half a slot),
 read them again ("after"), and take the buffer sizes (KV, RS, compute, ...)
 that llama.cpp logs. Writes DIR/memory.json and DIR/memory.md.
 """
@@ -46,24 +46,26 @@ def parse_args(argv):
                    help="comma-separated -c:-np pairs (default 4096:1,16384:4)")
     p.add_argument("--out", required=True, type=pathlib.Path, help="output directory")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="llama-server -t (default: all cores)")
-    p.add_argument("--fill", type=float, default=0.5,
-                   help="prompt length of each scheduled request as a fraction of its slot (default 0.5)")
+    p.add_argument("--prompt-tokens", type=int, default=256,
+                   help="prompt length of each scheduled request, at most half its slot (default 256)")
     p.add_argument("--n-predict", type=int, default=32, help="tokens generated per scheduled request")
     p.add_argument("--server-args", default="", help="extra llama-server arguments for both builds")
     p.add_argument("--health-timeout", type=float, default=600.0, help="seconds to wait for /health")
     builds.add_build_args(p)
     args = p.parse_args(argv)
-    if not 0 < args.fill < 1:
-        raise BenchError("--fill must be between 0 and 1")
+    if args.prompt_tokens < 1:
+        raise BenchError("--prompt-tokens must be at least 1")
     return args
 
 
-def schedule(ctx, n_par, fill, n_predict):
+def schedule(ctx, n_par, prompt_tokens, n_predict):
     """The fixed request schedule: every slot busy at once, with unique prompts
-    (no prefix sharing), so the KV of every slot is actually written."""
+    (no prefix sharing), so the KV of every slot is actually written. The same
+    prompt length at every -c: what a build keeps resident beyond what the
+    requests used is the point of the table."""
     per_slot = ctx // n_par
     return wl.validate({"name": f"memory-{ctx}x{n_par}", "n_slots": n_par, "ctx": ctx, "seed": 0,
-                        "n_requests": n_par, "prompt_tokens": max(1, int(per_slot * fill)),
+                        "n_requests": n_par, "prompt_tokens": max(1, min(prompt_tokens, per_slot // 2)),
                         "n_predict": n_predict})
 
 
@@ -80,7 +82,7 @@ def measure(args, build, ctx, n_par, knobs, log_dir):
                          log, build, health_timeout=args.health_timeout, keep_dir=args.out / "logs")
     with server:
         idle = procmem.vm_status(server.pid)
-        work = schedule(ctx, n_par, args.fill, args.n_predict)
+        work = schedule(ctx, n_par, args.prompt_tokens, args.n_predict)
         recs = loadrun.execute(server.port, work, wl.plan(work))
         after = procmem.vm_status(server.pid)
     errors = [r["error"] for r in recs if r["error"]]

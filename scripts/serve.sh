@@ -13,8 +13,10 @@ slots=${SLOTS:-8}
 run_dir=$ROOT/build/serve
 pidfile=$run_dir/llama-server.pid
 log=$run_dir/llama-server.log
-# The series' recommended knobs (docs/KNOBS.md); none are recommended yet.
-knobs=${SERVE_KNOBS:-}
+# The series' recommended knobs (docs/KNOBS.md): the gated delta net decode
+# path of qwen35/qwen35moe/qwen3next (a logged no-op on other archs). Only
+# LLAMA_GDN_SSM_OUT_2D is not bit-exact (kernel rounding on repacked formats).
+knobs=${SERVE_KNOBS-LLAMA_GDN_IDS=1 LLAMA_GDN_SSM_OUT_2D=1}
 
 die() { printf 'serve: error: %s\n' "$*" >&2; exit 1; }
 

@@ -68,11 +68,14 @@ def build_args(builds):
 
 
 def test_batched_smoke(builds, tiny_model, tmp_path):
-    proc = bench("batched.py", "--models", tiny_model, "--reps", 1, "--npp", 16, "--ntg", 4,
+    proc = bench("batched.py", "--models", tiny_model, "--reps", 2, "--npp", 16, "--ntg", 4,
                  "--npl", "1,2", *build_args(builds), "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "batched.json").read_text())
-    assert [(r["build"], r["rep"]) for r in result["runs"]] == [("stock", 0), ("paged", 0)]
+    # one batch size per run, builds back to back, who goes first alternating per repetition
+    assert [(r["build"], r["rep"], r["npl"]) for r in result["runs"]] == [
+        ("stock", 0, 1), ("paged", 0, 1), ("stock", 0, 2), ("paged", 0, 2),
+        ("paged", 1, 1), ("stock", 1, 1), ("paged", 1, 2), ("stock", 1, 2)]
     points = result["summary"][str(tiny_model)]
     assert [p["pl"] for p in points] == [1, 2]
     for point in points:

@@ -10,6 +10,13 @@ from .errors import BenchError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 BUILDS = ("stock", "paged")
+
+
+def rep_order(rep):
+    """Builds in the order repetition rep runs them: stock first in even repetitions, paged
+    first in odd ones (A B B A ...). Always running one build second biased the ratio on these
+    machines by up to 20% with identical code (see docs/BENCHMARKS.md)."""
+    return BUILDS if rep % 2 == 0 else BUILDS[::-1]
 BUILD_HINT = {"stock": "make build LLAMA_PAGED=off", "paged": "make build LLAMA_PAGED=on"}
 
 
