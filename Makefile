@@ -46,7 +46,7 @@ CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=Release \
 export CCACHE_BASEDIR := $(CURDIR)
 
 .PHONY: all build build-both prepare configure test test-fast check-series check-docs verify-tree \
-        check-cuda dev export-patches clean clean-src help models bench-models serve serve-stop
+        check-cuda sanitize dev export-patches clean clean-src help models bench-models serve serve-stop
 
 all: build
 
@@ -145,8 +145,28 @@ serve-stop:
 # --- benchmarks (bench/bench.mk: make bench, make bench-smoke) -------------------
 include bench/bench.mk
 
+# --- sanitizers -----------------------------------------------------------------
+# The series' op test under AddressSanitizer and UBSan: the in-place forms alias their
+# source and destination and index a scratch area, exactly where memory bugs hide.
+# Only ggml is built (test-gdn-inplace needs nothing else), in its own build dir.
+SAN_DIR   := build/sanitize-cpu
+SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+
+sanitize:
+	@LLAMA_PAGED=on ./prepare.sh >/dev/null
+	@test -f $(SAN_DIR)/build.ninja || cmake -S src/paged -B $(SAN_DIR) -G Ninja \
+	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGGML_SANITIZE_ADDRESS=ON -DGGML_SANITIZE_UNDEFINED=ON \
+	  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	  -DLLAMA_BUILD_SERVER=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF >/dev/null
+	cmake --build $(SAN_DIR) -j $(JOBS) --target ggml
+	$(CXX) -std=c++17 -O1 -g $(SAN_FLAGS) -Isrc/paged/ggml/include src/paged/tests/test-gdn-inplace.cpp \
+	  -L$(SAN_DIR)/bin -lggml -lggml-base -lggml-cpu -Wl,-rpath,$(abspath $(SAN_DIR)/bin) \
+	  -o $(SAN_DIR)/bin/test-gdn-inplace
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	  $(SAN_DIR)/bin/test-gdn-inplace
+
 # --- tests ----------------------------------------------------------------------
-test: check-series check-docs build-both verify-tree check-cuda models
+test: check-series check-docs build-both verify-tree check-cuda sanitize models
 	MODELS_DIR=$(abspath $(MODELS_DIR)) $(PYTHON) -m pytest -ra tests/
 
 # The orchestrator tests only: no build needed.
