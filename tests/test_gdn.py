@@ -46,15 +46,12 @@ def test_speculative_rollback_still_works(rollback_models, arch, knobs):
 
 
 def completion(model, knobs, n_predict=4, extra=()):
-    """One llama-completion run; like the gate, a run whose log lost its tail (upstream's
-    unflushed log worker, see verify/gate.py) is run again."""
+    """One complete llama-completion run (rerun like the gate's when its log lost its tail)."""
     cmd = gate.completion_cmd(bin_dir("paged"), gate.MODELS_DIR / f"{model}.gguf", "hello", "on")
     cmd[cmd.index("-n") + 1] = str(n_predict)
-    for _ in range(gate.MAX_ATTEMPTS):
-        proc = run(cmd + list(extra), env=knobs, timeout=300)
-        if proc.returncode != 0 or gate.COMPLETE_MARK.decode() in proc.stderr:
-            return proc
-    raise AssertionError(f"{' '.join(cmd)} lost the end of its log {gate.MAX_ATTEMPTS} times in a row")
+    proc = gate.run_completion(cmd + list(extra), knobs)
+    proc.stdout, proc.stderr = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+    return proc
 
 
 @pytest.mark.parametrize("knob", sorted(ALL_GDN_KNOBS))

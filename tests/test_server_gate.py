@@ -30,7 +30,7 @@ def complete_together(srv, prompts):
 
 def answer(result):
     """What must match exactly: the text and the top log-probabilities of each token."""
-    probs = [[(t["token"], t["logprob"], [(c["token"], c["logprob"]) for c in t["top_logprobs"]])]
+    probs = [(t["token"], t["logprob"], [(c["token"], c["logprob"]) for c in t["top_logprobs"]])
              for t in result["completion_probabilities"]]
     return f"{result['content']!r} {probs!r}"
 

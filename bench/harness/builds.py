@@ -10,6 +10,7 @@ from .errors import BenchError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 BUILDS = ("stock", "paged")
+BUILD_HINT = {"stock": "make build LLAMA_PAGED=off", "paged": "make build LLAMA_PAGED=on"}
 
 
 def rep_order(rep):
@@ -17,7 +18,6 @@ def rep_order(rep):
     first in odd ones (A B B A ...). Always running one build second biased the ratio on these
     machines by up to 20% with identical code (see docs/BENCHMARKS.md)."""
     return BUILDS if rep % 2 == 0 else BUILDS[::-1]
-BUILD_HINT = {"stock": "make build LLAMA_PAGED=off", "paged": "make build LLAMA_PAGED=on"}
 
 
 def default_bin_dir(build):
