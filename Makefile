@@ -35,7 +35,7 @@ JOBS   ?= $(shell nproc)
 # Only what the project runs; the series' own tests come with the paged series.
 TARGETS := llama-server llama-completion llama-cli llama-batched-bench llama-bench \
            llama-quantize test-llama-archs test-backend-ops
-PAGED_TEST_TARGETS := test-gdn-inplace test-recurrent-state-rollback
+PAGED_TEST_TARGETS := test-gdn-inplace test-gdn-cache-layouts test-recurrent-state-rollback
 
 CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=Release \
                -DLLAMA_BUILD_TESTS=ON -DLLAMA_OPENSSL=OFF \
