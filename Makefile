@@ -28,14 +28,25 @@ CONFIG    := $(if $(filter on,$(LLAMA_PAGED)),paged,stock)
 SRC_DIR   := src/$(CONFIG)
 BUILD_DIR := build/$(CONFIG)-$(BACKEND)
 
+# Both configurations' binaries for this BACKEND, computed once: the tests, the gates, the
+# benchmarks and 'make serve' all take them from here (harness/paths.py computes the same
+# from BACKEND for a tool run by hand).
+STOCK_BUILD := build/stock-$(BACKEND)
+PAGED_BUILD := build/paged-$(BACKEND)
+export STOCK_BIN := $(abspath $(STOCK_BUILD)/bin)
+export PAGED_BIN := $(abspath $(PAGED_BUILD)/bin)
+export BACKEND
+
 # Debian's interpreter: it is the one python3-pytest and matplotlib install into.
 PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
 JOBS   ?= $(shell nproc)
 
-# Only what the project runs; the series' own tests come with the paged series.
+# Only what the project runs (test-recurrent-state-rollback: upstream's, run by
+# tests/features/test_gdn.py). The series' own C++ tests are the paged build's target
+# llama-paged-tests, which each patch that adds a test extends (ctest label `paged`).
 TARGETS := llama-server llama-completion llama-cli llama-batched-bench llama-bench \
-           llama-quantize test-llama-archs test-backend-ops
-PAGED_TEST_TARGETS := test-gdn-inplace test-gdn-cache-layouts test-recurrent-state-rollback
+           llama-quantize test-llama-archs test-backend-ops test-recurrent-state-rollback
+PAGED_TEST_TARGETS := llama-paged-tests
 
 CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=Release \
                -DLLAMA_BUILD_TESTS=ON -DLLAMA_OPENSSL=OFF \
@@ -45,7 +56,7 @@ CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=Release \
 # Relative paths in ccache keys: a fresh clone elsewhere hits the same cache.
 export CCACHE_BASEDIR := $(CURDIR)
 
-.PHONY: all build build-both prepare configure test test-fast check-series check-docs verify-tree \
+.PHONY: all build build-both prepare configure test test-fast test-unit check-series check-docs verify-tree \
         check-cuda sanitize dev export-patches clean clean-src help models bench-models serve serve-stop
 
 all: build
@@ -96,7 +107,7 @@ export-patches:
 # Generated on demand into MODELS_DIR by the generator, linked against the stock
 # build's libllama (the public API only); never committed.
 MODELS_DIR   ?= .cache/models
-STOCK_BIN    := build/stock-$(BACKEND)/bin
+export MODELS_DIR
 GEN_MODEL    := build/tools/gen-model
 GEN_SRC      := $(firstword $(wildcard verify/gen-model.c verify/gen-model.cpp))
 GATE_PRESETS := gate-llama gate-qwen3 gate-qwen3moe gate-qwen35 gate-qwen35moe gate-qwen3next
@@ -106,12 +117,12 @@ BENCH_MODEL_FILES := $(foreach p,bench-qwen35 bench-qwen35moe bench-llama,$(BENC
 QWEN35_VOCAB := src/stock/models/ggml-vocab-qwen35.gguf
 GEN_COMPILER := $(if $(filter %.cpp,$(GEN_SRC)),$(CXX) -std=c++17,$(CC) -std=c11)
 
-$(GEN_MODEL): $(GEN_SRC) $(STOCK_BIN)/libllama.so
+$(GEN_MODEL): $(GEN_SRC) $(STOCK_BUILD)/bin/libllama.so
 	@mkdir -p $(@D)
 	$(GEN_COMPILER) -O2 -Wall -Wextra -o $@ $< -Isrc/stock/include -Isrc/stock/ggml/include \
-	    -L$(STOCK_BIN) -lllama -lggml -lggml-base -Wl,-rpath,$(CURDIR)/$(STOCK_BIN) -lm
+	    -L$(STOCK_BIN) -lllama -lggml -lggml-base -Wl,-rpath,$(STOCK_BIN) -lm
 
-$(STOCK_BIN)/libllama.so:
+$(STOCK_BUILD)/bin/libllama.so:
 	@$(MAKE) --no-print-directory build LLAMA_PAGED=off
 
 $(MODELS_DIR)/gate-%.gguf: $(GEN_MODEL)
@@ -146,32 +157,38 @@ serve-stop:
 include bench/bench.mk
 
 # --- sanitizers -----------------------------------------------------------------
-# The series' op test under AddressSanitizer and UBSan: the in-place forms alias their
-# source and destination and index a scratch area, exactly where memory bugs hide.
-# Only ggml is built (test-gdn-inplace needs nothing else), in its own build dir.
-SAN_DIR   := build/sanitize-cpu
-SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+# The series' C++ tests (ctest label `paged`) under AddressSanitizer and UBSan, in a build
+# configuration of their own: llama, ggml and the tests, nothing else. The in-place GDN forms
+# alias their source and destination and index a scratch area, exactly where memory bugs hide.
+SAN_DIR := build/paged-sanitize
+SAN_CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLLAMA_BUILD_TESTS=ON \
+                   -DGGML_SANITIZE_ADDRESS=ON -DGGML_SANITIZE_UNDEFINED=ON \
+                   -DLLAMA_SANITIZE_ADDRESS=ON -DLLAMA_SANITIZE_UNDEFINED=ON \
+                   -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
+                   -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF
 
 sanitize:
 	@LLAMA_PAGED=on ./prepare.sh >/dev/null
-	@test -f $(SAN_DIR)/build.ninja || cmake -S src/paged -B $(SAN_DIR) -G Ninja \
-	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGGML_SANITIZE_ADDRESS=ON -DGGML_SANITIZE_UNDEFINED=ON \
-	  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-	  -DLLAMA_BUILD_SERVER=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF >/dev/null
-	cmake --build $(SAN_DIR) -j $(JOBS) --target ggml
-	$(CXX) -std=c++17 -O1 -g $(SAN_FLAGS) -Isrc/paged/ggml/include src/paged/tests/test-gdn-inplace.cpp \
-	  -L$(SAN_DIR)/bin -lggml -lggml-base -lggml-cpu -Wl,-rpath,$(abspath $(SAN_DIR)/bin) \
-	  -o $(SAN_DIR)/bin/test-gdn-inplace
-	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
-	  $(SAN_DIR)/bin/test-gdn-inplace
+	@test -f $(SAN_DIR)/build.ninja || cmake -S src/paged -B $(SAN_DIR) $(SAN_CMAKE_FLAGS) >/dev/null
+	cmake --build $(SAN_DIR) -j $(JOBS) --target llama-paged-tests
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  ctest --test-dir $(SAN_DIR) -L paged --output-on-failure
 
 # --- tests ----------------------------------------------------------------------
-test: check-series check-docs build-both verify-tree check-cuda sanitize models
-	MODELS_DIR=$(abspath $(MODELS_DIR)) $(PYTHON) -m pytest -ra tests/
+# Tiers (pytest.ini): fast (no build), build (both builds of BACKEND), gpu (a device;
+# skipped with the reason where there is none). 'make test' runs them all.
+PYTEST := $(PYTHON) -m pytest
 
-# The orchestrator tests only: no build needed.
+# The series' own C++ tests, in the paged build.
+test-unit: build-both
+	ctest --test-dir $(PAGED_BUILD) -L paged --output-on-failure
+
+test: check-series check-docs build-both verify-tree check-cuda sanitize models test-unit
+	$(PYTEST) tests/
+
+# No build, no network beyond the cached upstream source: seconds.
 test-fast: check-series check-docs
-	$(PYTHON) -m pytest -ra tests/test_prepare.py tests/test_series.py
+	$(PYTEST) -m fast tests/
 
 clean:
 	rm -rf build

@@ -21,8 +21,12 @@ import subprocess
 import sys
 import time
 
-from harness import builds, plots, stats, tables
-from harness.errors import BenchError, run_main
+
+# A tool run as bench/<tool>.py: the repository root holds the harness package.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from harness import builds, plots, runs, stats, tables
+from harness.errors import HarnessError, run_main
 
 TOOL = "llama-batched-bench"
 METRICS = (("speed_tg", "S_TG"), ("speed_pp", "S_PP"))
@@ -51,10 +55,12 @@ def parse_args(argv):
     p.add_argument("--ctx", type=int, default=None, help="-c (default: max(npl) * (max(npp) + max(ntg)))")
     p.add_argument("--extra-args", default="", help="more llama-batched-bench arguments, both builds")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per run")
+    p.add_argument("--no-aa", dest="aa", action="store_false",
+                   help="skip the A/A control (stock measured twice, interleaved): no noise floor")
     builds.add_build_args(p)
     args = p.parse_args(argv)
     if args.reps < 1:
-        raise BenchError("--reps must be >= 1")
+        raise HarnessError("--reps must be >= 1")
     return args
 
 
@@ -71,31 +77,26 @@ def command(bin_dir, model, args, ctx, npl):
             "--output-format", "jsonl", *shlex.split(args.extra_args)]
 
 
-# llama-batched-bench prints everything, rows included, through common_log, whose worker thread
-# is leaked at exit (upstream issue 22142, see verify/gate.py): now and then a run exits 0 having
-# printed nothing at all. Such a run is repeated, never reported as a measurement or a failure.
-MAX_ATTEMPTS = 5
-
-
 def run_once(cmd, env, log_path, timeout):
     """One llama-batched-bench run -> its jsonl rows. stderr goes to log_path,
-    which is kept (and named in the error) only when the run fails."""
-    for _ in range(MAX_ATTEMPTS):
-        start = time.monotonic()
-        with open(log_path, "w") as log:
-            try:
-                proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
-                                      timeout=timeout, stdin=subprocess.DEVNULL)
-            except subprocess.TimeoutExpired:
-                raise BenchError(f"{TOOL} timed out after {timeout:.0f}s; log kept at {log_path}") from None
-        wall = time.monotonic() - start
-        rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-        lost_output = proc.returncode == 0 and not proc.stdout and pathlib.Path(log_path).stat().st_size == 0
-        if not lost_output:
-            break
+    which is kept (and named in the error) only when the run fails. Everything it
+    prints, rows included, goes through common_log: a run that printed nothing at
+    all lost its output (harness.runs) and is repeated."""
+    def printed_something(proc):
+        return bool(proc.stdout) or pathlib.Path(log_path).stat().st_size > 0
+
+    start = time.monotonic()
+    with open(log_path, "w") as log:
+        try:
+            proc = runs.run_complete(cmd, printed_something, stdout=subprocess.PIPE, stderr=log, text=True,
+                                     env=env, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise HarnessError(f"{TOOL} timed out after {timeout:.0f}s; log kept at {log_path}") from None
+    wall = time.monotonic() - start
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not rows:
         tail = "\n".join(pathlib.Path(log_path).read_text(errors="replace").splitlines()[-20:])
-        raise BenchError(f"{TOOL} failed (exit {proc.returncode}, {len(rows)} rows): {' '.join(cmd)}\n"
+        raise HarnessError(f"{TOOL} failed (exit {proc.returncode}, {len(rows)} rows): {' '.join(cmd)}\n"
                          f"log kept at {log_path}:\n{tail}")
     pathlib.Path(log_path).unlink()
     return rows, wall
@@ -105,53 +106,87 @@ def check_complete(rows, args, cmd, npl):
     expected = {(pp, tg, pl) for pp in args.npp for tg in args.ntg for pl in npl}
     missing = expected - {(r["pp"], r["tg"], r["pl"]) for r in rows}
     if missing:
-        raise BenchError(f"{TOOL} skipped points {sorted(missing)} (context too small?): {' '.join(cmd)}")
+        raise HarnessError(f"{TOOL} skipped points {sorted(missing)} (context too small?): {' '.join(cmd)}")
+
+
+def verdict(ratio, aa):
+    """'gain' or 'loss' only when the ratio leaves the A/A spread (identical binaries measured
+    the same way); 'noise' inside it; 'n/a' without a control."""
+    if ratio is None or not aa["n"]:
+        return "n/a"
+    if ratio > aa["max"]:
+        return "gain"
+    if ratio < aa["min"]:
+        return "loss"
+    return "noise"
 
 
 def summarize(runs, model, args):
-    """Per (pp, tg, pl) point and metric: each build's spread and the ratios."""
+    """Per (pp, tg, pl) point and metric: each build's spread, the paged/stock ratios, the
+    A/A (stock/stock) ratios of the control and the verdict."""
     points = []
     for pp in args.npp:
         for tg in args.ntg:
             for pl in args.npl:
                 point = {"pp": pp, "tg": tg, "pl": pl}
                 for metric, _ in METRICS:
-                    by_build = {}
-                    for build in builds.BUILDS:
-                        by_build[build] = [row[metric] for run in runs
-                                           if run["model"] == model and run["build"] == build
-                                           for row in run["rows"] if (row["pp"], row["tg"], row["pl"]) == (pp, tg, pl)]
-                    stock, paged = by_build["stock"], by_build["paged"]
-                    # Repetition i of stock ran right before repetition i of paged,
-                    # so pairing them cancels slow drift; min/max of these is the spread.
+                    by_run = {}
+                    for name in (*builds.BUILDS, builds.CONTROL):
+                        by_run[name] = [row[metric] for run in runs
+                                        if run["model"] == model and run["build"] == name
+                                        for row in run["rows"] if (row["pp"], row["tg"], row["pl"]) == (pp, tg, pl)]
+                    stock, paged, control = by_run["stock"], by_run["paged"], by_run[builds.CONTROL]
+                    # The runs of one repetition are seconds apart, so pairing them cancels slow
+                    # drift; min/max of the pair ratios is the spread.
                     pair_ratios = [stats.ratio(p, s) for s, p in zip(stock, paged)]
+                    aa_ratios = [stats.ratio(c, s) for s, c in zip(stock, control)]
+                    ratio = stats.ratio(stats.spread(paged)["median"], stats.spread(stock)["median"])
                     point[metric] = {
                         "stock": stats.spread(stock), "paged": stats.spread(paged),
-                        "ratio": stats.ratio(stats.spread(paged)["median"], stats.spread(stock)["median"]),
-                        "ratio_spread": stats.spread(pair_ratios),
-                        "stock_reps": stock, "paged_reps": paged,
+                        "ratio": ratio, "ratio_spread": stats.spread(pair_ratios),
+                        "aa_spread": stats.spread(aa_ratios), "verdict": verdict(ratio, stats.spread(aa_ratios)),
+                        "stock_reps": stock, "paged_reps": paged, "control_reps": control,
                     }
                 points.append(point)
     return points
 
 
+def aa_half_width(points):
+    """The widest A/A deviation from 1 over all points and metrics (the noise floor), or None."""
+    devs = [max(abs(1 - m["aa_spread"]["min"]), abs(m["aa_spread"]["max"] - 1))
+            for pt in points for metric, _ in METRICS for m in [pt[metric]] if m["aa_spread"]["n"]]
+    return max(devs) if devs else None
+
+
+def ratio_text(ratio, spread):
+    text = tables.num(ratio, 3)
+    if spread["n"]:
+        text += f" [{spread['min']:.3f}-{spread['max']:.3f}]"
+    return text
+
+
 def markdown(model, points):
     header = ["PP", "TG", "B"]
     for _, name in METRICS:
-        header += [f"{name} stock t/s", f"{name} paged t/s", f"{name} paged/stock"]
+        header += [f"{name} stock t/s", f"{name} paged t/s", f"{name} paged/stock", f"{name} A/A", f"{name}"]
     rows = []
     for pt in points:
         row = [pt["pp"], pt["tg"], pt["pl"]]
         for metric, _ in METRICS:
             m = pt[metric]
-            ratio = tables.num(m["ratio"], 3)
-            if m["ratio_spread"]["n"]:
-                ratio += f" [{m['ratio_spread']['min']:.3f}-{m['ratio_spread']['max']:.3f}]"
-            row += [tables.with_range(m["stock"], 1), tables.with_range(m["paged"], 1), ratio]
+            aa = m["aa_spread"]
+            row += [tables.with_range(m["stock"], 1), tables.with_range(m["paged"], 1),
+                    ratio_text(m["ratio"], m["ratio_spread"]), ratio_text(aa["median"], aa), m["verdict"]]
         rows.append(row)
+    floor = aa_half_width(points)
+    floor_text = (f"A/A noise floor of this run: ±{floor:.1%} (the widest stock/stock deviation over all points)."
+                  if floor is not None else "No A/A control in this run (--no-aa): no noise floor, no verdicts.")
     return (f"### batched-bench: {pathlib.Path(model).name}\n\n"
             "Median [min-max] over repetitions; ratio = median paged / median stock "
-            "[min-max of per-repetition paged/stock].\n\n" + tables.markdown_table(header, rows))
+            "[min-max of per-repetition paged/stock]; A/A = stock measured again in the same run, "
+            "interleaved (median [min-max] of per-repetition stock/stock). A ratio is a gain or a loss "
+            "only outside the A/A spread, otherwise noise. " + floor_text + "\n\n"
+            + tables.markdown_table(header, rows))
 
 
 def plot(model, points, out_dir):
@@ -172,45 +207,54 @@ def plot(model, points, out_dir):
                             f"{stem}: aggregate decode throughput (pp={pp}, tg={tg})",
                             "concurrent sequences (B)", "S_TG (tokens/s, all sequences)",
                             [series("stock"), series("paged")], log2_x=True)
-            ratios = [p["speed_tg"]["ratio"] for p in sel]
-            spreads = [p["speed_tg"]["ratio_spread"] for p in sel]
-            errs = ([None if r is None or s["min"] is None else max(r - s["min"], 0) for r, s in zip(ratios, spreads)],
-                    [None if r is None or s["max"] is None else max(s["max"] - r, 0) for r, s in zip(ratios, spreads)])
+            def ratio_series(label, ratios, spreads):
+                errs = ([None if r is None or s["min"] is None else max(r - s["min"], 0) for r, s in zip(ratios, spreads)],
+                        [None if r is None or s["max"] is None else max(s["max"] - r, 0) for r, s in zip(ratios, spreads)])
+                return (label, xs, ratios, errs)
+            lines = [ratio_series("paged/stock", [p["speed_tg"]["ratio"] for p in sel],
+                                  [p["speed_tg"]["ratio_spread"] for p in sel])]
+            if any(p["speed_tg"]["aa_spread"]["n"] for p in sel):
+                lines.append(ratio_series("stock/stock (A/A noise floor)",
+                                          [p["speed_tg"]["aa_spread"]["median"] for p in sel],
+                                          [p["speed_tg"]["aa_spread"] for p in sel]))
             plots.line_plot(out_dir / f"batched-{stem}{suffix}-ratio.png",
                             f"{stem}: paged/stock decode throughput (pp={pp}, tg={tg})",
-                            "concurrent sequences (B)", "S_TG paged / S_TG stock",
-                            [("paged/stock", xs, ratios, errs)], log2_x=True, hline=1.0)
+                            "concurrent sequences (B)", "S_TG paged / S_TG stock", lines, log2_x=True, hline=1.0)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    plots.require_matplotlib()
     knobs = builds.parse_knobs(args.knobs)
     dirs = builds.bin_dirs(args)
     builds.require(dirs, TOOL, args.models)
     ctx = args.ctx or needed_ctx(args)
     if ctx < needed_ctx(args):
-        raise BenchError(f"--ctx {ctx} is below max(npl)*(max(npp)+max(ntg)) = {needed_ctx(args)}")
+        raise HarnessError(f"--ctx {ctx} is below max(npl)*(max(npp)+max(ntg)) = {needed_ctx(args)}")
     args.out.mkdir(parents=True, exist_ok=True)
 
+    # The A/A control runs stock a second time in every repetition, interleaved like the others.
+    order = (*builds.BUILDS, builds.CONTROL) if args.aa else builds.BUILDS
     runs = []
     for model in args.models:
         for rep in range(args.reps):
-            # One batch size per run, the two builds back to back: a pair of runs seconds
-            # apart sees the same machine, where whole sweeps a minute apart did not.
+            # One batch size per run, the builds back to back: runs seconds apart see
+            # the same machine, where whole sweeps a minute apart did not.
             for pl in args.npl:
-                for build in builds.rep_order(rep):
+                for name in builds.rep_order(rep, order):
+                    build = builds.build_of(name)
                     cmd = command(dirs[build], model, args, ctx, [pl])
-                    print(f"batched: {pathlib.Path(model).name} rep {rep + 1}/{args.reps} B={pl} {build}",
+                    print(f"batched: {pathlib.Path(model).name} rep {rep + 1}/{args.reps} B={pl} {name}",
                           file=sys.stderr, flush=True)
-                    log = args.out / f"batched-{pathlib.Path(model).stem}-{build}-rep{rep}-pl{pl}.log"
+                    log = args.out / f"batched-{pathlib.Path(model).stem}-{name}-rep{rep}-pl{pl}.log"
                     rows, wall = run_once(cmd, builds.run_env(build, knobs), log, args.timeout)
                     check_complete(rows, args, cmd, [pl])
-                    runs.append({"model": model, "build": build, "rep": rep, "npl": pl, "command": cmd,
+                    runs.append({"model": model, "build": name, "rep": rep, "npl": pl, "command": cmd,
                                  "wall_s": wall, "knobs": knobs if build == "paged" else {}, "rows": rows})
 
     result = {
         "tool": TOOL, "ctx": ctx, "npp": args.npp, "ntg": args.ntg, "npl": args.npl,
-        "threads": args.threads, "fa": args.fa, "reps": args.reps, "knobs_paged": knobs,
+        "threads": args.threads, "fa": args.fa, "reps": args.reps, "knobs_paged": knobs, "aa_control": args.aa,
         "versions": {b: builds.version_text(pathlib.Path(dirs[b]) / TOOL) for b in builds.BUILDS},
         "runs": runs,
         "summary": {model: summarize(runs, model, args) for model in args.models},
@@ -224,7 +268,7 @@ def main(argv=None):
     bad = [p for m in args.models for p in result["summary"][m] for metric, _ in METRICS
            if p[metric]["ratio"] is None or not math.isfinite(p[metric]["ratio"])]
     if bad:
-        raise BenchError(f"{len(bad)} point(s) have no finite paged/stock ratio (a zero or missing speed)")
+        raise HarnessError(f"{len(bad)} point(s) have no finite paged/stock ratio (a zero or missing speed)")
     return 0
 
 

@@ -11,8 +11,7 @@
 # target wins): remember it here, restore it at the end.
 BENCH_SAVED_DEFAULT_GOAL := $(.DEFAULT_GOAL)
 
-STOCK_BIN    ?= build/stock-$(or $(BACKEND),cpu)/bin
-PAGED_BIN    ?= build/paged-$(or $(BACKEND),cpu)/bin
+# STOCK_BIN and PAGED_BIN: the top-level Makefile's, for its BACKEND.
 PYTHON       ?= $(firstword $(wildcard /usr/bin/python3) python3)
 THREADS      ?= $(shell nproc)
 # Same default as the top-level Makefile (which wins when it sets it first).

@@ -16,8 +16,12 @@ import shlex
 import sys
 import tempfile
 
+
+# A tool run as bench/<tool>.py: the repository root holds the harness package.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
 from harness import builds, loadrun, plots, stats, tables, workload as wl
-from harness.errors import BenchError, run_main
+from harness.errors import HarnessError, run_main
 from harness.server import LlamaServer, http_get_json
 
 # The figures compared between builds: (label, path into the metrics, which
@@ -58,7 +62,7 @@ def parse_args(argv):
     args = p.parse_args(argv)
     args.builds = [b.strip() for b in args.builds.split(",") if b.strip()]
     if not args.builds or set(args.builds) - set(builds.BUILDS):
-        raise BenchError(f"--builds must list stock and/or paged, got {args.builds}")
+        raise HarnessError(f"--builds must list stock and/or paged, got {args.builds}")
     return args
 
 
@@ -147,6 +151,7 @@ def plot(workload, runs, out_dir):
 
 def main(argv=None):
     args = parse_args(argv)
+    plots.require_matplotlib()
     # Validate everything before starting any server: a typo in the third
     # workload should not surface after the first two have run for minutes.
     workloads = [wl.load(path) for path in args.workload]
@@ -176,7 +181,7 @@ def main(argv=None):
             print(section, flush=True)
     (args.out / "loadgen.md").write_text("\n".join(sections))
     if failed:
-        raise BenchError("some requests failed (see the tables and the kept server logs)")
+        raise HarnessError("some requests failed (see the tables and the kept server logs)")
     return 0
 
 

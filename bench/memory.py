@@ -18,8 +18,12 @@ import shlex
 import sys
 import tempfile
 
+
+# A tool run as bench/<tool>.py: the repository root holds the harness package.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
 from harness import builds, loadrun, procmem, server_log, stats, tables, workload as wl
-from harness.errors import BenchError, run_main
+from harness.errors import HarnessError, run_main
 from harness.server import LlamaServer
 
 # llama-level INFO lines (the buffer sizes) are printed from verbosity 4 on.
@@ -54,7 +58,7 @@ def parse_args(argv):
     builds.add_build_args(p)
     args = p.parse_args(argv)
     if args.prompt_tokens < 1:
-        raise BenchError("--prompt-tokens must be at least 1")
+        raise HarnessError("--prompt-tokens must be at least 1")
     return args
 
 
@@ -88,7 +92,7 @@ def measure(args, build, ctx, n_par, knobs, log_dir):
     errors = [r["error"] for r in recs if r["error"]]
     if errors:
         kept = server.keep_log(args.out / "logs")
-        raise BenchError(f"{build} -c {ctx} -np {n_par}: {len(errors)} scheduled request(s) failed "
+        raise HarnessError(f"{build} -c {ctx} -np {n_par}: {len(errors)} scheduled request(s) failed "
                          f"({errors[0]}); server log kept at {kept}")
     buffers = server_log.buffer_sizes(log.read_text(errors="replace"))
     return {

@@ -24,7 +24,7 @@ for dir in "$patches" "$patches/paged"; do
             { echo "series: $f: carries a signature (export with --no-signature)" >&2; bad=1; }
         git mailinfo "$tmp/msg" "$tmp/diff" < "$f" > /dev/null
         trailers=$(git interpret-trailers --parse < "$tmp/msg")
-        for t in Knob Default Bit-exact Backends Measured Upstream; do
+        for t in $(series_trailers required); do
             grep -q "^$t: ." <<< "$trailers" || { echo "series: $f: no $t: trailer" >&2; bad=1; }
         done
     done < <(series_list "$dir" 2>/dev/null || true)

@@ -15,7 +15,7 @@ git -C "$dev" rev-parse -q --verify series-base >/dev/null || die "$dev has no t
 [ -z "$(git -C "$dev" status --porcelain --untracked-files=all)" ] ||
     die "$dev has uncommitted changes; commit them (one logical change per commit) first"
 
-required_trailers="Knob Default Bit-exact Backends Measured Upstream"
+required_trailers=$(series_trailers required)
 # Source files only: what upstream builds from, never docs, data or build output.
 source_re='(\.(c|cc|cpp|h|hpp|cu|cuh|m|metal|comp|glsl|wgsl|cl|cmake|in)|CMakeLists\.txt)$'
 

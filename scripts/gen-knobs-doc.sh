@@ -8,7 +8,7 @@ patches=${LLAMA_PATCHES:-$ROOT/patches}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-fields="Knob Default Bit-exact Backends Measured Upstream"
+fields="$(series_trailers required) $(series_trailers optional)"
 
 # Splits one patch into $tmp/msg (message) and $tmp/info (Subject: etc).
 split_patch() {
@@ -53,6 +53,11 @@ for dir in "$patches" "$patches/paged"; do
     done < <(series_list "$dir")
 done
 
+recommended=$(series_recommended_knobs "$patches" "$patches/paged" | tr '\n' ' ' | sed 's/ $//')
+printf '\n`make serve` sets the knobs whose patch says `Recommended: yes`: `%s`\n' "${recommended:-none}"
+printf '(override with `SERVE_KNOBS=...`). Each patch'"'"'s `Tests:` names what covers it: a C++\n'
+printf 'test of the series (`ctest -L paged` in the paged build) or a pytest file under `tests/`.\n'
+
 for f in "${rows[@]}"; do
     split_patch "$f"
     printf '\n<a id="%s"></a>\n## %s: %s\n\n' "$(patch_anchor "$f")" "$(patch_label "$f")" "$(sed -n 's/^Subject: //p' "$tmp/info")"
@@ -69,6 +74,7 @@ for f in "${rows[@]}"; do
         }' "$tmp/msg"
     echo
     for t in $fields; do
-        printf -- '- **%s:** %s\n' "$t" "$(trailer "$t")"
+        value=$(trailer "$t")
+        [ -n "$value" ] && printf -- '- **%s:** %s\n' "$t" "$value"
     done
 done

@@ -5,6 +5,29 @@
 # file naming them in order (so QUILT_PATCHES=DIR quilt push -a works), and
 # `tree-hash`, the tree of pristine upstream plus every series up to this one.
 
+# The trailer names of one kind (required or optional) from scripts/trailers.txt, the one
+# list of the series' trailers (harness/trailers.py reads it too).
+series_trailers() {
+    awk -v kind="$1" '{ sub(/#.*/, "") } $1 == kind { print $2 }' "$(dirname "${BASH_SOURCE[0]}")/trailers.txt"
+}
+
+# The Knob: settings (NAME=VALUE) of the patches in the given series directories whose
+# Recommended: trailer says yes, one per line: what 'make serve' turns on.
+series_recommended_knobs() {
+    local dir name tmp trailers
+    tmp=$(mktemp -d)
+    for dir in "$@"; do
+        [ -f "$dir/series" ] || continue
+        while read -r name; do
+            git mailinfo "$tmp/msg" "$tmp/diff" < "$dir/$name" > /dev/null
+            trailers=$(git interpret-trailers --parse < "$tmp/msg")
+            grep -qi '^Recommended: yes' <<< "$trailers" || continue
+            sed -n 's/^Knob: //p' <<< "$trailers" | grep -o '[A-Z][A-Z0-9_]*=[^ ,;]*' || true
+        done < <(series_list "$dir")
+    done
+    rm -rf "$tmp"
+}
+
 # Patch names from DIR/series, in order (comments and blank lines skipped).
 series_list() {
     sed -e 's/#.*//' -e 's/[[:space:]]*$//' -e '/^$/d' "$1/series"

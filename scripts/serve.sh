@@ -2,33 +2,40 @@
 # serve.sh: start the paged llama-server in the background on MODEL with the
 # recommended knobs, wait until it is healthy, print its URL and how to stop
 # it. 'serve.sh stop' stops it (by the PID it recorded).
+#
+# PAGED_BIN: the paged build's bin directory (the Makefile passes the one of its
+# BACKEND). Knobs: SERVE_KNOBS, else those whose patch says 'Recommended: yes'.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-bin=${SERVE_BIN:-$ROOT/build/paged-cpu/bin}
-model=${MODEL:?MODEL is not set}
+. "$ROOT/scripts/series-lib.sh"
+bin=${PAGED_BIN:-$ROOT/build/paged-${BACKEND:-cpu}/bin}
 host=${HOST:-127.0.0.1}
 port=${PORT:-8080}
 ctx=${CTX:-32768}
 slots=${SLOTS:-8}
-run_dir=$ROOT/build/serve
+run_dir=${SERVE_RUN_DIR:-$ROOT/build/serve}
 pidfile=$run_dir/llama-server.pid
 log=$run_dir/llama-server.log
-# The series' recommended knobs (docs/KNOBS.md): the gated delta net decode
-# path of qwen35/qwen35moe/qwen3next (a logged no-op on other archs). Only
-# LLAMA_GDN_SSM_OUT_2D is not bit-exact (kernel rounding on repacked formats).
-knobs=${SERVE_KNOBS-LLAMA_GDN_IDS=1 LLAMA_GDN_SSM_OUT_2D=1}
 
 die() { printf 'serve: error: %s\n' "$*" >&2; exit 1; }
 
 running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 
+# Stopping needs nothing but the PID file: no MODEL, no build.
 if [ "${1:-}" = stop ]; then
     running || { echo "serve: no server running"; rm -f "$pidfile"; exit 0; }
-    kill "$(cat "$pidfile")"
+    pid=$(cat "$pidfile")
+    kill "$pid"
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && { kill -9 "$pid"; echo "serve: PID $pid did not stop in 10 s; killed"; }
     rm -f "$pidfile"
-    echo "serve: stopped"
+    echo "serve: stopped (PID $pid)"
     exit 0
 fi
+
+model=${MODEL:?MODEL is not set (MODEL=path.gguf)}
+# The series' recommended knobs (docs/KNOBS.md), read from the patch trailers.
+knobs=${SERVE_KNOBS-$(series_recommended_knobs "$ROOT/patches" "$ROOT/patches/paged" | tr '\n' ' ')}
 
 [ -x "$bin/llama-server" ] || die "no llama-server in $bin: run 'make' first"
 [ -f "$model" ] || die "model '$model' does not exist (MODEL=path.gguf, or 'make bench-models' for the default)"
@@ -50,6 +57,7 @@ for _ in $(seq 1 600); do
         cat <<MSG
 serve: llama-server (paged) is up: http://$host:$port  (PID $(cat "$pidfile"), $slots slots, ctx $ctx)
   model: $model
+  knobs: ${knobs:-none}
   log:   $log
   try:   curl http://$host:$port/completion -d '{"prompt": "Hello", "n_predict": 16}'
   stop:  make serve-stop

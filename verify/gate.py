@@ -12,11 +12,17 @@ import os
 import pathlib
 import re
 import shlex
-import subprocess
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-MODELS_DIR = pathlib.Path(os.environ.get("MODELS_DIR", ROOT / ".cache" / "models"))
+if __name__ == "__main__":  # run as verify/gate.py: the repository root holds the harness package
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from harness import paths, runs  # noqa: E402
+from harness.errors import HarnessError, run_main  # noqa: E402
+from harness.prompts import gate_words  # noqa: E402
+
+ROOT = paths.ROOT
+MODELS_DIR = paths.models_dir()
 RECORDED = ROOT / "verify" / "md5" / "stock.txt"
 
 GATE_MODELS = ["gate-llama", "gate-qwen3", "gate-qwen3moe", "gate-qwen35", "gate-qwen35moe", "gate-qwen3next"]
@@ -29,23 +35,11 @@ CTX = 4096
 N_PREDICT = 64
 
 
-def _words(n, seed):
-    """n deterministic pseudo-words: long prompts without shipping text files."""
-    vocab = ["alpha", "bravo", "cache", "delta", "echo", "forty", "gamma", "hotel", "index", "juliet",
-             "kilo", "lima", "metric", "number", "oscar", "paged", "query", "radio", "sierra", "token"]
-    x = seed
-    out = []
-    for _ in range(n):
-        x = (x * 6364136223846793005 + 1442695040888963407) % (1 << 64)
-        out.append(vocab[(x >> 33) % len(vocab)])
-    return " ".join(out)
-
-
 # short; crosses several ubatches; fills many KV blocks (hundreds of tokens).
 PROMPTS = {
     "short": "The quick brown fox",
-    "ubatch": _words(60, 1),
-    "blocks": _words(400, 2),
+    "ubatch": gate_words(60, 1),
+    "blocks": gate_words(400, 2),
 }
 
 
@@ -61,16 +55,13 @@ def shell_line(cmd, knobs):
     return f"{env} {line} < /dev/null".strip()
 
 
-class RunError(Exception):
+class RunError(HarnessError):
     pass
 
 
-# llama-completion prints through common_log, whose worker thread is deliberately leaked at exit
-# (upstream issue 22142): now and then the process ends before the worker wrote the last lines,
-# and the output is cut short with exit code 0. The perf summary is the last thing it logs; a run
-# without it is incomplete, so it is run again and never compared.
+# llama-completion logs its perf summary last: a run without it lost the end of its output
+# (harness.runs) and is run again, never compared.
 COMPLETE_MARK = b"common_perf_print:"
-MAX_ATTEMPTS = 5
 
 
 def run_completion(cmd, knobs=None):
@@ -78,11 +69,8 @@ def run_completion(cmd, knobs=None):
     CompletedProcess (bytes) of that run, or of the first run that failed."""
     env = dict(os.environ)
     env.update(knobs or {})
-    for _ in range(MAX_ATTEMPTS):
-        proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
-        if proc.returncode != 0 or COMPLETE_MARK in proc.stderr:
-            return proc
-    raise RunError(f"{shell_line(cmd, knobs or {})}\nlost the end of its log {MAX_ATTEMPTS} times in a row")
+    return runs.run_complete(cmd, lambda proc: COMPLETE_MARK in proc.stderr, describe=shell_line(cmd, knobs or {}),
+                             env=env, capture_output=True, timeout=300)
 
 
 def run_greedy(bin_dir, model, prompt, fa, knobs=None):
@@ -167,8 +155,8 @@ def record(stock_bin):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--record", action="store_true", help="rewrite the canonical stock md5s")
-    ap.add_argument("--stock-bin", default=str(ROOT / "build" / "stock-cpu" / "bin"))
-    ap.add_argument("--paged-bin", default=str(ROOT / "build" / "paged-cpu" / "bin"))
+    ap.add_argument("--stock-bin", default=str(paths.bin_dir("stock")), help="default: STOCK_BIN or build/stock-$BACKEND/bin")
+    ap.add_argument("--paged-bin", default=str(paths.bin_dir("paged")), help="default: PAGED_BIN or build/paged-$BACKEND/bin")
     args = ap.parse_args()
     if args.record:
         record(args.stock_bin)
@@ -195,4 +183,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -13,13 +13,16 @@ import time
 from .server import HOST
 
 
-def stream_completion(port, body, t0, timeout=900.0):
+def stream_completion(port, body, t0, timeout=900.0, on_tokens=None):
     """POSTs body (stream forced on) and returns a record with times relative to
     t0 (a time.perf_counter() origin shared by all requests of a run):
-    t_send, t_first, t_end, token_times (one per token), timings, error."""
+    t_send, t_first, t_end, token_times (one per token), content, timings, error.
+    on_tokens(n), if given, is called with the number of tokens received so far
+    after each event that brought tokens (a test can act in the middle of a stream)."""
     body = dict(body, stream=True)
     rec = {"t_send": time.perf_counter() - t0, "t_first": None, "t_end": None,
-           "token_times": [], "timings": None, "n_predicted": 0, "error": None}
+           "token_times": [], "content": "", "timings": None, "n_predicted": 0, "error": None}
+    content = []
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
         conn.request("POST", "/completion", body=json.dumps(body),
@@ -47,14 +50,18 @@ def stream_completion(port, body, t0, timeout=900.0):
             # One event normally carries one token; count by tokens_predicted so an
             # event that carries several (speculative decoding) still adds up.
             predicted = event.get("tokens_predicted", seen)
+            content.append(event.get("content", ""))
             if predicted > seen:
                 rec["token_times"].extend([now] * (predicted - seen))
                 seen = predicted
+                if on_tokens:
+                    on_tokens(seen)
             if event.get("timings"):
                 rec["timings"] = event["timings"]
             if event.get("stop"):
                 break
         rec["n_predicted"] = seen
+        rec["content"] = "".join(content)
     except (OSError, http.client.HTTPException, ValueError) as err:
         rec["error"] = f"{type(err).__name__}: {err}"
     finally:

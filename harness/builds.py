@@ -1,37 +1,44 @@
-"""Where the two builds' binaries are, and the checks that fail early and clearly
-when a binary or a model is missing (before any minutes-long run starts)."""
+"""The two builds of a comparison: their binaries, the knobs of the paged runs,
+the order of the runs, and the checks that fail early and clearly when a binary
+or a model is missing (before any minutes-long run starts)."""
 import os
 import pathlib
 import re
 import shlex
 import subprocess
 
-from .errors import BenchError
+from . import paths
+from .errors import HarnessError
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
-BUILDS = ("stock", "paged")
+BUILDS = paths.CONFIGS
 BUILD_HINT = {"stock": "make build LLAMA_PAGED=off", "paged": "make build LLAMA_PAGED=on"}
 
 
-def rep_order(rep):
-    """Builds in the order repetition rep runs them: stock first in even repetitions, paged
-    first in odd ones (A B B A ...). Always running one build second biased the ratio on these
-    machines by up to 20% with identical code (see docs/BENCHMARKS.md)."""
-    return BUILDS if rep % 2 == 0 else BUILDS[::-1]
+def rep_order(rep, runs=BUILDS):
+    """The order in which repetition rep runs the given runs: rotated by one each
+    repetition, so each takes every position equally often (A B, B A, ... or with an
+    A/A control A B A', B A' A, A' A B, ...). Always running one build second biased
+    the ratio on these machines by up to 20% with identical code (docs/BENCHMARKS.md)."""
+    k = rep % len(runs)
+    return tuple(runs[k:]) + tuple(runs[:k])
 
 
-def default_bin_dir(build):
-    """STOCK_BIN / PAGED_BIN from the environment, else build/<build>-cpu/bin."""
-    env = os.environ.get(f"{build.upper()}_BIN")
-    return pathlib.Path(env) if env else ROOT / "build" / f"{build}-cpu" / "bin"
+# The A/A control: stock measured a second time in the same run, interleaved with the others.
+# Its ratio to stock is the noise floor that a paged/stock ratio must leave to mean anything.
+CONTROL = "stock-aa"
+
+
+def build_of(run):
+    """The build a run (stock, paged or the control) uses: the control is stock's."""
+    return "stock" if run == CONTROL else run
 
 
 def add_build_args(parser):
     """--stock-bin, --paged-bin and --knobs, shared by every tool."""
     for build in BUILDS:
-        parser.add_argument(f"--{build}-bin", type=pathlib.Path, default=default_bin_dir(build),
+        parser.add_argument(f"--{build}-bin", type=pathlib.Path, default=paths.bin_dir(build),
                             help=f"directory of the {build} binaries (env {build.upper()}_BIN; "
-                                 f"default build/{build}-cpu/bin)")
+                                 f"default build/{build}-$BACKEND/bin)")
     parser.add_argument("--knobs", default=os.environ.get("BENCH_KNOBS", ""),
                         help='environment for the paged runs only, e.g. "LLAMA_X=1 LLAMA_Y=2" '
                              "(env BENCH_KNOBS)")
@@ -48,12 +55,13 @@ def require(bin_dirs, tool, models=()):
         path = pathlib.Path(directory) / tool
         if not path.is_file() or not os.access(path, os.X_OK):
             problems.append(f"{build} binary {tool} not found at {path} "
-                            f"(build it with '{BUILD_HINT[build]}' or set {build.upper()}_BIN)")
+                            f"(build it with '{BUILD_HINT[build]} BACKEND={paths.backend()}' "
+                            f"or set {build.upper()}_BIN)")
     for model in models:
         if not pathlib.Path(model).is_file():
             problems.append(f"model not found: {model}")
     if problems:
-        raise BenchError("; ".join(problems))
+        raise HarnessError("; ".join(problems))
 
 
 KNOB_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -65,7 +73,7 @@ def parse_knobs(text):
     for item in shlex.split(text or ""):
         name, sep, value = item.partition("=")
         if not sep or not KNOB_NAME.match(name):
-            raise BenchError(f"--knobs: '{item}' is not NAME=VALUE")
+            raise HarnessError(f"--knobs: '{item}' is not NAME=VALUE")
         knobs[name] = value
     return knobs
 

@@ -1,5 +1,10 @@
 """Both configurations build side by side, and each binary is what it says."""
+import pytest
+
 from conftest import ROOT, bin_dir, run
+from harness import paths
+
+pytestmark = pytest.mark.build
 
 
 def version(config):
@@ -21,7 +26,8 @@ def test_stock_build_is_plain_upstream():
 def test_switching_configurations_rebuilds_nothing_wrong():
     # on, off, on: each build is a no-op on a prepared tree and leaves the right binaries.
     for paged in ("on", "off", "on"):
-        proc = run(["make", "--no-print-directory", "build", f"LLAMA_PAGED={paged}"], timeout=3600)
+        proc = run(["make", "--no-print-directory", "build", f"LLAMA_PAGED={paged}", f"BACKEND={paths.backend()}"],
+                   timeout=3600)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "llama-paged" in version("paged")
     assert "llama-paged" not in version("stock")

@@ -1,5 +1,38 @@
 """PNG plots. matplotlib is imported lazily with the Agg backend: the tools run
-headless, and a run that only wants JSON should not pay for the import."""
+headless. Every tool calls require_matplotlib() before its first run, so a
+missing matplotlib is found in a second, not after minutes of measuring."""
+import os
+import subprocess
+import sys
+
+from .errors import HarnessError
+
+# Set in the environment of a re-executed tool, so that it never re-executes twice.
+REEXEC_MARK = "LLAMA_PAGED_PLOTS_REEXEC"
+
+
+def require_matplotlib():
+    """Returns when matplotlib can be imported. Otherwise re-executes the tool with PYTHON
+    (the Makefile's interpreter, Debian's /usr/bin/python3 by default) when that one has it,
+    or stops with a message that names the interpreter to use."""
+    try:
+        import matplotlib  # noqa: F401
+        return
+    except ImportError:
+        pass
+    preferred = os.environ.get("PYTHON") or "/usr/bin/python3"
+    if not os.environ.get(REEXEC_MARK):
+        try:
+            has_it = subprocess.run([preferred, "-c", "import matplotlib"], capture_output=True).returncode == 0
+        except OSError:
+            has_it = False
+        if has_it:
+            print(f"note: {sys.executable} has no matplotlib; running again with {preferred}", file=sys.stderr)
+            os.environ[REEXEC_MARK] = "1"
+            os.execv(preferred, [preferred, *sys.argv])
+    raise HarnessError(f"matplotlib is missing in {sys.executable}, and the plots need it; run "
+                       f"'/usr/bin/python3 {sys.argv[0]} ...' (Debian: apt-get install python3-matplotlib) "
+                       f"or set PYTHON to an interpreter that has it (PYTHON={preferred} has not)")
 
 
 def _pyplot():
@@ -30,15 +63,7 @@ def line_plot(path, title, xlabel, ylabel, series, log2_x=False, hline=None):
         ticks = sorted({x for _, xs, _, _ in series for x in xs})
         ax.set_xticks(ticks)
         ax.set_xticklabels([str(t) for t in ticks])
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:  # no data: no empty-legend warning
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _finish(plt, fig, ax, path, title, xlabel, ylabel)
 
 
 def cdf_plot(path, title, xlabel, samples):
@@ -56,10 +81,15 @@ def cdf_plot(path, title, xlabel, samples):
             continue
         ys = [(i + 1) / len(data) for i in range(len(data))]
         ax.step(data, ys, where="post", label=f"{label} (n={len(data)})")
+    ax.set_ylim(0, 1.02)
+    _finish(plt, fig, ax, path, title, xlabel, "fraction of samples <= x")
+
+
+def _finish(plt, fig, ax, path, title, xlabel, ylabel):
+    """Titles, grid, legend, and the PNG written."""
     ax.set_title(title)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("fraction of samples <= x")
-    ax.set_ylim(0, 1.02)
+    ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:  # no data: no empty-legend warning
         ax.legend()

@@ -3,16 +3,16 @@ that turns it into a one-line message and a non-zero exit instead of a traceback
 import sys
 
 
-class BenchError(Exception):
+class HarnessError(Exception):
     """A problem with the inputs or the environment (missing binary, bad workload,
-    server that would not start). Its message is shown as is."""
+    server that would not start, unknown BACKEND). Its message is shown as is."""
 
 
 def run_main(main):
-    """Runs main(); a BenchError exits 2 with 'error: ...' on stderr."""
+    """Runs main(); a HarnessError exits 2 with 'error: ...' on stderr."""
     try:
         sys.exit(main())
-    except BenchError as err:
+    except HarnessError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

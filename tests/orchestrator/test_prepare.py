@@ -1,5 +1,11 @@
 """prepare.sh: every route to a checkout, and every bad input it must refuse
-with a clear message without losing anything."""
+with a clear message without losing anything.
+
+Most tests need the upstream source: the verified pristine copy in .cache (any
+earlier prepare leaves it), else the npm registry. Without either they are
+skipped with that reason; the tests of bad input that stops prepare before it
+needs the source (SOURCE_FREE) run everywhere."""
+import functools
 import os
 import pathlib
 import shutil
@@ -9,8 +15,45 @@ import pytest
 
 from conftest import ROOT, VERSION, run
 
+pytestmark = pytest.mark.fast
+
 PRISTINE = VERSION["LLAMA_TREE"]
 PAGED_TREE = (ROOT / "patches" / "paged" / "tree-hash").read_text().strip()
+
+SOURCE_FREE = {"test_foreign_directory_is_refused", "test_source_with_the_wrong_tree_is_refused",
+               "test_npm_tarball_with_the_wrong_integrity_is_refused", "test_bad_settings_fail_before_any_work",
+               "test_make_rejects_bad_settings", "test_unknown_argument_is_refused"}
+
+
+@functools.lru_cache(maxsize=None)
+def source_missing():
+    """Why prepare.sh cannot get the upstream source here, or None when it can."""
+    cache = pathlib.Path(os.environ.get("LLAMA_CACHE") or ROOT / ".cache")
+    if (cache / "pristine.git").is_dir():
+        return None
+    if shutil.which("npm") is None:
+        return f"needs the upstream source: no {cache}/pristine.git and no npm"
+    try:
+        proc = subprocess.run(["npm", "view", f"{VERSION['LLAMA_NPM_PACKAGE']}@{VERSION['LLAMA_NPM_VERSION']}",
+                               "dist.integrity"], capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
+        if proc.returncode == 0:
+            return None
+    except subprocess.TimeoutExpired:
+        pass
+    return f"needs the upstream source: no {cache}/pristine.git and the npm registry is not reachable"
+
+
+def require_source():
+    reason = source_missing()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _upstream_source(request):
+    if request.node.originalname not in SOURCE_FREE:
+        require_source()
 
 
 def prepare(checkout, paged="on", extra_env=None, args=()):
@@ -33,6 +76,7 @@ def copy_patches(tmp_path):
 @pytest.fixture(scope="module")
 def paged_checkout(tmp_path_factory):
     """One prepared paged checkout, shared read-only by several tests."""
+    require_source()
     checkout = tmp_path_factory.mktemp("shared") / "paged"
     proc = prepare(checkout)
     assert proc.returncode == 0, proc.stderr

@@ -1,11 +1,16 @@
 """Deterministic prompt text: the same seed gives the same prompts on every
-machine and for both builds, so stock and paged see identical work.
+machine, in every process and for both builds, so stock and paged see
+identical work.
 
 A prompt of N "tokens" is N words from a fixed list. Common English words are
 about one token each for real tokenizers, so N is approximate; the reports use
-the server's own count (timings.prompt_n + timings.cache_n).
+the server's own count (timings.prompt_n + timings.cache_n). The gates use a
+short list of their own (GATE_WORDS): the recorded stock md5s depend on it.
 """
-import random
+import hashlib
+
+GATE_WORDS = ["alpha", "bravo", "cache", "delta", "echo", "forty", "gamma", "hotel", "index", "juliet",
+              "kilo", "lima", "metric", "number", "oscar", "paged", "query", "radio", "sierra", "token"]
 
 WORDS = """
 the of and to in is that for it as was with be by on not he this are or his from at
@@ -22,17 +27,28 @@ bridge road train ship engine wheel clock machine signal channel memory page blo
 """.split()
 
 
-def words(seed, key, count):
-    """count words from a generator seeded by (seed, key); str seeds are hashed
-    with SHA-512 by random.Random, so this is stable across processes."""
-    rng = random.Random(f"{seed}:{key}")
-    return " ".join(rng.choice(WORDS) for _ in range(count))
+def words(count, seed, vocab=WORDS):
+    """count pseudo-words drawn from vocab by a 64-bit LCG; seed is an int, or a
+    str (hashed with SHA-256), so the text is stable across processes."""
+    if isinstance(seed, str):
+        seed = int.from_bytes(hashlib.sha256(seed.encode()).digest()[:8], "little")
+    x = seed
+    out = []
+    for _ in range(count):
+        x = (x * 6364136223846793005 + 1442695040888963407) % (1 << 64)
+        out.append(vocab[(x >> 33) % len(vocab)])
+    return " ".join(out)
+
+
+def gate_words(count, seed):
+    """The gates' prompt text (GATE_WORDS)."""
+    return words(count, seed, GATE_WORDS)
 
 
 def shared_prefix(seed, count):
-    return words(seed, "shared-prefix", count) if count > 0 else ""
+    return words(count, f"{seed}:shared-prefix") if count > 0 else ""
 
 
 def unique_prompt(seed, wave, index, count):
     # The key includes wave and index so no two requests share a tail.
-    return words(seed, f"wave{wave}-req{index}", count)
+    return words(count, f"{seed}:wave{wave}-req{index}")

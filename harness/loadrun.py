@@ -8,7 +8,7 @@ import threading
 import time
 
 from . import stats
-from .sse_client import stream_completion
+from .sse import stream_completion
 
 
 def request_body(workload, req):

@@ -9,7 +9,7 @@ import random
 import sys
 
 from . import prompts
-from .errors import BenchError
+from .errors import HarnessError
 
 # Keys that shape requests: allowed at top level (defaults) and in each wave.
 REQUEST_KEYS = {"n_requests", "arrival", "prompt_tokens", "shared_prefix_tokens",
@@ -23,7 +23,7 @@ REQUIRED_PER_WAVE = ("n_requests", "prompt_tokens", "n_predict")
 
 
 def _fail(where, msg):
-    raise BenchError(f"workload {where}: {msg}")
+    raise HarnessError(f"workload {where}: {msg}")
 
 
 def _check_keys(where, obj, allowed):
@@ -165,11 +165,11 @@ def validate(data, where="workload"):
 def load(path):
     path = pathlib.Path(path)
     if not path.is_file():
-        raise BenchError(f"workload file not found: {path}")
+        raise HarnessError(f"workload file not found: {path}")
     try:
         data = json.loads(path.read_text())
     except ValueError as err:
-        raise BenchError(f"workload {path}: not valid JSON: {err}") from None
+        raise HarnessError(f"workload {path}: not valid JSON: {err}") from None
     workload = validate(data, where=str(path))
     workload.setdefault("name", path.stem)
     return workload

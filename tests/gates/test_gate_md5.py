@@ -3,16 +3,14 @@ gate model, with flash attention on and off, for short and long prompts; stock
 equals the recorded canonical md5s; bit-exact knobs keep the equality."""
 import functools
 import hashlib
-import pathlib
-import sys
 
 import pytest
 
 from conftest import ROOT, bin_dir
+from harness import trailers
+from verify import gate
 
-sys.path.insert(0, str(ROOT / "verify"))
-import gate  # noqa: E402
-import knobs as series_knobs  # noqa: E402
+pytestmark = pytest.mark.build
 
 CASES = list(gate.cases())
 IDS = [gate.case_key(*c).replace(" ", ":") for c in CASES]
@@ -60,18 +58,17 @@ def test_paged_without_knobs_equals_stock(case):
                                                 reproduce("stock", *case), reproduce("paged", *case))
 
 
-KNOBS = series_knobs.knobs()
+KNOBS = trailers.runtime_knobs()
 KNOB_CASES = [(k, c) for k in KNOBS for c in CASES]
 
 
 @pytest.mark.parametrize("knob,case", KNOB_CASES,
-                         ids=[f"{k[0][:4]}:{gate.case_key(*c).replace(' ', ':')}" for k, c in KNOB_CASES])
+                         ids=[f"{k.patch[:4]}:{gate.case_key(*c).replace(' ', ':')}" for k, c in KNOB_CASES])
 def test_knob(knob, case):
-    name, env, bit_exact = knob
-    items = tuple(sorted(env.items()))
+    items = tuple(sorted(knob.env.items()))
     stock, paged = greedy("stock", *case), greedy("paged", *case, knob_items=items)
-    label = f"{gate.case_key(*case)} with {' '.join(f'{k}={v}' for k, v in items)} ({name})"
-    if bit_exact:
+    label = f"{gate.case_key(*case)} with {knob.name} ({knob.patch})"
+    if knob.bit_exact:
         assert stock == paged, gate.mismatch_report(label, stock, paged, reproduce("stock", *case),
                                                     reproduce("paged", *case, items))
     else:
@@ -83,5 +80,6 @@ def test_knob_list_is_read_from_the_trailers():
     # The machinery must see every patch; a patch without a knob contributes none.
     names = [p for p in (ROOT / "patches" / "paged").glob("*.patch")]
     assert names, "the paged series is empty"
-    for name, env, _ in KNOBS:
-        assert all(k.startswith("LLAMA_") or k.startswith("GGML_") for k in env), (name, env)
+    assert KNOBS, "no runtime knob found in the trailers"
+    for knob in KNOBS:
+        assert all(k.startswith("LLAMA_") or k.startswith("GGML_") for k in knob.env), (knob.patch, knob.env)

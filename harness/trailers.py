@@ -1,0 +1,131 @@
+"""The patch series and the trailers of its patches: the one parser that the
+docs checks, the gates, the tests and the tools use (scripts/gen-knobs-doc.sh
+renders the same trailers as docs/KNOBS.md).
+
+Trailers (scripts/trailers.txt lists them):
+  Knob: NAME=VALUE         the environment setting that turns the behaviour on ("none": no knob)
+  Bit-exact: yes ...       the knob must leave every output byte-identical to stock
+  Tests: a, b              what covers the patch: a C++ test the series adds (test-x) or a
+                           pytest path under tests/ (file.py or file.py::test_name)
+  Recommended: yes         'make serve' turns the knob on
+"""
+import dataclasses
+import pathlib
+import re
+import subprocess
+import tempfile
+
+from .paths import ROOT
+
+TRAILERS_FILE = ROOT / "scripts" / "trailers.txt"
+SERIES_DIRS = (ROOT / "patches", ROOT / "patches" / "paged")
+
+
+def trailer_names(kind="required"):
+    """The trailer names of one kind ('required' or 'optional') from scripts/trailers.txt."""
+    names = []
+    for line in TRAILERS_FILE.read_text().splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) == 2 and fields[0] == kind:
+            names.append(fields[1])
+    return names
+
+
+def series(directory):
+    """The patches of one series directory, in the order of its series file."""
+    directory = pathlib.Path(directory)
+    out = []
+    for line in (directory / "series").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            out.append(directory / line)
+    return out
+
+
+def all_patches():
+    """Every patch: the base series, then the paged series."""
+    return [p for d in SERIES_DIRS for p in series(d)]
+
+
+def parse_trailers(message):
+    """{name: [values]} of a commit message's trailer block (git interpret-trailers)."""
+    parsed = subprocess.run(["git", "interpret-trailers", "--parse"], input=message.encode(),
+                            capture_output=True, check=True).stdout.decode()
+    out = {}
+    for line in parsed.splitlines():
+        key, _, value = line.partition(": ")
+        out.setdefault(key, []).append(value.strip())
+    return out
+
+
+def patch_message(patch):
+    """The commit message of a format-patch file (git mailinfo)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        msg = pathlib.Path(tmp) / "msg"
+        with open(patch, "rb") as f:
+            subprocess.run(["git", "mailinfo", str(msg), str(pathlib.Path(tmp) / "diff")], stdin=f,
+                           stdout=subprocess.DEVNULL, check=True)
+        return msg.read_text()
+
+
+def patch_trailers(patch):
+    return parse_trailers(patch_message(patch))
+
+
+@dataclasses.dataclass
+class Knob:
+    patch: str          # file name of the patch that adds it
+    env: dict           # {NAME: VALUE} that turns it on
+    bit_exact: bool     # its Bit-exact: trailer starts with "yes"
+    recommended: bool   # its Recommended: trailer says yes ('make serve' sets it)
+
+    @property
+    def name(self):
+        return " ".join(f"{k}={v}" for k, v in self.env.items())
+
+
+KNOB_SETTING = re.compile(r"\b([A-Z][A-Z0-9_]+)=(\S+)")
+
+
+def runtime_knobs():
+    """Every patch's runtime knob, in series order (patches without one are left out)."""
+    found = []
+    for patch in all_patches():
+        t = patch_trailers(patch)
+        env = {}
+        for knob in t.get("Knob", []):
+            for m in KNOB_SETTING.finditer(knob):
+                env[m.group(1)] = m.group(2).rstrip(",;")
+        if env:
+            found.append(Knob(patch=patch.name, env=env,
+                              bit_exact=any(v.lower().startswith("yes") for v in t.get("Bit-exact", [])),
+                              recommended=any(v.lower().startswith("yes") for v in t.get("Recommended", []))))
+    return found
+
+
+def tests_of(trailers):
+    """The items of a Tests: trailer."""
+    return [item.strip() for value in trailers.get("Tests", []) for item in value.split(",") if item.strip()]
+
+
+def test_problems(patch, patches=None):
+    """What is wrong with a patch's Tests: trailer: missing, or naming a test that does not exist.
+    A C++ test must be a tests/<name>.cpp that a patch of the series adds."""
+    patches = patches if patches is not None else all_patches()
+    items = tests_of(patch_trailers(patch))
+    if not items:
+        return [f"{patch.name}: no Tests: trailer naming the tests that cover it"]
+    problems = []
+    for item in items:
+        path, _, func = item.partition("::")
+        if "/" not in path:
+            added = f"+++ b/tests/{path}.cpp"
+            if not any(added in p.read_text(errors="replace") for p in patches):
+                problems.append(f"{patch.name}: Tests: {item}: no patch of the series adds tests/{path}.cpp")
+            continue
+        f = ROOT / path
+        if not f.is_file():
+            problems.append(f"{patch.name}: Tests: {item}: {path} does not exist")
+        elif func and not re.search(rf"^\s*def {re.escape(func)}\(", f.read_text(), re.M):
+            problems.append(f"{patch.name}: Tests: {item}: {path} has no test {func}")
+    return problems

@@ -1,0 +1,200 @@
+"""Server gate: stock and paged llama-server, several parallel slots, unified
+and per-slot KV, the same request schedule at temperature 0.
+
+The paged server runs the schedule once with no knob set and once per runtime
+knob of the series (read from the patch trailers, so a new patch's knob is gated
+by adding its trailers). With no knob, and with a knob whose trailer says
+`Bit-exact: yes`, it must answer exactly what stock answers: the text and the
+top log-probabilities of every token. For another knob the gate reports the
+token agreement and the largest log-probability difference, and requires no
+failed request, no NaN and at least AGREEMENT_MIN agreement (docs/VERIFY.md).
+
+The schedule leaves holes in the caches, where layout bugs live: an idle slot
+between two decoding ones, erased slots, a new request taking a freed slot."""
+import functools
+import math
+
+import pytest
+
+from conftest import bin_dir
+from harness import builds, trailers
+from harness.errors import HarnessError
+from harness.prompts import gate_words
+from harness.server import LlamaServer, free_port
+from verify import gate
+
+pytestmark = pytest.mark.build
+
+N_SLOTS = 4
+N_PREDICT = 24
+# The top log-probabilities of every generated token are compared too: a greedy token survives
+# most last-bit changes, its log-probability (printed to round-trip) does not.
+N_PROBS = 3
+MODELS = gate.GATE_MODELS
+KNOBS = trailers.runtime_knobs()
+# A knob that is not bit-exact changes low bits; a greedy token flips where two candidates lie
+# within them, which on random-weight models happens now and then. A wrong computation (another
+# sequence's state, a lost write) diverges at once. Share of tokens that must agree, over all
+# requests, each counted up to its first differing token:
+AGREEMENT_MIN = 0.5
+
+
+def complete_together(srv, prompts):
+    """One request carrying several prompts: the server admits them as parallel tasks in the
+    same step, so the batches are the same in every run. Separate HTTP clients would race, and
+    on the CPU a different batch shape can change the kernel and so the low bits."""
+    results = srv.post("/completion", {"prompt": prompts, "n_predict": N_PREDICT, "temperature": 0,
+                                       "seed": 1, "cache_prompt": True, "n_probs": N_PROBS})
+    return sorted(results, key=lambda r: r["index"])
+
+
+def tokens(result):
+    """[(token, logprob, [(candidate, logprob), ...]), ...] of one answer."""
+    return [(t["token"], t["logprob"], [(c["token"], c["logprob"]) for c in t["top_logprobs"]])
+            for t in result["completion_probabilities"]]
+
+
+def schedule(srv):
+    """The fixed schedule; returns {case: [answer, ...]}, an answer being (text, tokens)."""
+    shared = gate_words(120, 7)
+    different = [gate_words(40 + 25 * i, 10 + i) for i in range(N_SLOTS)]
+    out = {}
+
+    def record(case, results):
+        out[case] = [(r["content"], tokens(r)) for r in results]
+        return results
+
+    record("single", [srv.complete("Once upon a time", N_PREDICT, n_probs=N_PROBS)])
+    record("identical", complete_together(srv, [shared] * N_SLOTS))
+    record("different", complete_together(srv, different))
+    # Second wave: the first wave's prompts again, so slots reuse cached prefixes.
+    second = record("second-wave", complete_together(srv, different))
+    out["second-wave-reused"] = [("reused" if r["timings"]["cache_n"] > 0 else "recomputed", []) for r in second]
+    # Slots 0 and 2 continue their prompts while 1 and 3 stay idle with their state in the caches.
+    extended = [different[i] + " " + gate_words(15, 30 + i) for i in range(N_SLOTS)]
+    record("idle-between-decoding", complete_together(srv, [extended[0], extended[2]]))
+    # Slots 1 and 3 are erased; new prompts take freed slots while the others continue.
+    for slot in (1, 3):
+        srv.post(f"/slots/{slot}?action=erase", {})
+    record("erased-and-refilled", complete_together(srv, [extended[0] + " " + gate_words(5, 40),
+                                                           gate_words(33, 41), gate_words(47, 42)]))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def serve_and_run(config, model, kv_unified, knob_items=()):
+    args = ["-np", str(N_SLOTS), "-c", str(N_SLOTS * 1024), "-t", str(gate.THREADS), "-b", "256", "-ub", "64",
+            "--metrics", "--slot-save-path", str(SLOT_DIR)]
+    if kv_unified:
+        args.append("-kvu")
+    env = builds.run_env(config, dict(knob_items))
+    with LlamaServer(bin_dir(config), gate.MODELS_DIR / f"{model}.gguf", args, env=env,
+                     keep_dir=LOG_DIR, label=config) as srv:
+        return schedule(srv), " ".join(f"{k}={v}" for k, v in knob_items) + " " + " ".join(srv.command())
+
+
+LOG_DIR = gate.ROOT / "build" / "test-logs"
+SLOT_DIR = LOG_DIR / "slots"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _dirs():
+    SLOT_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def mode_name(kv_unified):
+    return "unified KV" if kv_unified else "per-slot KV"
+
+
+def assert_identical(model, kv_unified, what, want, want_cmd, got, got_cmd):
+    for case in want:
+        for i, (s, p) in enumerate(zip(want[case], got[case])):
+            assert s == p, (f"{model} {mode_name(kv_unified)}, case {case} request {i}: {what} differs from stock\n"
+                            f"  stock: {s!r}\n  paged: {p!r}\n"
+                            f"  stock server: {want_cmd}\n  paged server: {got_cmd}")
+
+
+def agreement(want, got):
+    """(tokens agreeing up to each request's first difference / all stock tokens,
+    largest |logprob difference| over those agreeing tokens, any NaN in got)."""
+    agree = total = 0
+    max_diff = 0.0
+    nan = False
+    for case in want:
+        for (_, s_toks), (_, p_toks) in zip(want[case], got[case]):
+            total += len(s_toks)
+            nan = nan or any(not math.isfinite(t[1]) for t in p_toks if isinstance(t[1], float))
+            for s_tok, p_tok in zip(s_toks, p_toks):
+                if s_tok[0] != p_tok[0]:
+                    break
+                agree += 1
+                max_diff = max(max_diff, abs(s_tok[1] - p_tok[1]))
+    return agree / max(1, total), max_diff, nan
+
+
+@pytest.mark.parametrize("kv_unified", [False, True], ids=["per-slot-kv", "unified-kv"])
+@pytest.mark.parametrize("model", MODELS)
+def test_paged_server_answers_like_stock(model, kv_unified):
+    stock, stock_cmd = serve_and_run("stock", model, kv_unified)
+    paged, paged_cmd = serve_and_run("paged", model, kv_unified)
+    assert_identical(model, kv_unified, "paged", stock, stock_cmd, paged, paged_cmd)
+    assert all(len(text) > 0 for text, _ in stock["single"])
+    assert [r for r, _ in stock["second-wave-reused"]] == ["reused"] * N_SLOTS, \
+        "the second wave should reuse the cached prompts"
+
+
+@pytest.mark.parametrize("kv_unified", [False, True], ids=["per-slot-kv", "unified-kv"])
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("knob", KNOBS, ids=[k.name for k in KNOBS])
+def test_paged_server_with_each_knob(knob, model, kv_unified, report):
+    stock, stock_cmd = serve_and_run("stock", model, kv_unified)
+    paged, paged_cmd = serve_and_run("paged", model, kv_unified, tuple(sorted(knob.env.items())))
+    if knob.bit_exact:
+        assert_identical(model, kv_unified, f"paged with {knob.name} (Bit-exact: yes)", stock, stock_cmd,
+                         paged, paged_cmd)
+        return
+    share, max_diff, nan = agreement(stock, paged)
+    report(f"server gate {knob.name} {model} {mode_name(kv_unified)}: token agreement {share:.1%}, "
+           f"largest logprob difference {max_diff:.3g}")
+    assert not nan, f"{knob.name} {model}: NaN log-probabilities ({paged_cmd})"
+    assert all(text for case in paged for text, _ in paged[case] if case != "second-wave-reused"), \
+        f"{knob.name} {model}: an empty answer ({paged_cmd})"
+    assert share >= AGREEMENT_MIN, (f"{knob.name} {model} {mode_name(kv_unified)}: token agreement {share:.1%} "
+                                    f"< {AGREEMENT_MIN:.0%} ({paged_cmd})")
+
+
+@pytest.mark.parametrize("config", ["stock", "paged"])
+def test_concurrent_clients_are_all_served(config, tmp_path):
+    """N separate clients at once: batching depends on arrival timing, so no exact comparison
+    here (see complete_together); every request must still be answered in full."""
+    prompts = [gate_words(30 + 10 * i, 20 + i) for i in range(2 * N_SLOTS)]
+    with LlamaServer(bin_dir(config), gate.MODELS_DIR / "gate-qwen35.gguf",
+                ["-np", str(N_SLOTS), "-c", str(N_SLOTS * 1024), "-t", "2"], log_path=tmp_path / "log") as srv:
+        results = srv.complete_concurrently(prompts, N_PREDICT)
+    assert [r["timings"]["predicted_n"] for r in results] == [N_PREDICT] * len(prompts)
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(HarnessError, match="does not exist"):
+        with LlamaServer(bin_dir("paged"), tmp_path / "nope.gguf"):
+            pass
+
+
+def test_port_taken_is_a_clear_error():
+    import socket
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        with pytest.raises(HarnessError, match="already taken"):
+            with LlamaServer(bin_dir("paged"), gate.MODELS_DIR / "gate-llama.gguf", port=port):
+                pass
+
+
+def test_server_that_dies_is_reported_and_stopped(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF but not really")
+    with pytest.raises(HarnessError, match="exited"):
+        with LlamaServer(bin_dir("paged"), bad, log_path=tmp_path / "bad.log"):
+            pass
+    assert (tmp_path / "bad.log").exists(), "the log of a failed start is kept"
