@@ -109,14 +109,24 @@ def check_complete(rows, args, cmd, npl):
         raise HarnessError(f"{TOOL} skipped points {sorted(missing)} (context too small?): {' '.join(cmd)}")
 
 
+def noise_floor(aa):
+    """The A/A half-width: how far from 1.0 identical binaries measured the same way strayed
+    (the largest |stock-aa/stock - 1| over the repetitions), or None without a control."""
+    if not aa["n"]:
+        return None
+    return max(abs(1 - aa["min"]), abs(aa["max"] - 1))
+
+
 def verdict(ratio, aa):
-    """'gain' or 'loss' only when the ratio leaves the A/A spread (identical binaries measured
-    the same way); 'noise' inside it; 'n/a' without a control."""
-    if ratio is None or not aa["n"]:
+    """'gain' or 'loss' only when the ratio leaves the A/A band 1 +- noise_floor(aa); 'noise'
+    inside it; 'n/a' without a control. The band is symmetric: the A/A ratios scatter around 1,
+    and a paged/stock ratio just beyond an A/A extreme on the other side is no evidence."""
+    floor = noise_floor(aa)
+    if ratio is None or floor is None:
         return "n/a"
-    if ratio > aa["max"]:
+    if ratio > 1 + floor:
         return "gain"
-    if ratio < aa["min"]:
+    if ratio < 1 - floor:
         return "loss"
     return "noise"
 
@@ -152,10 +162,10 @@ def summarize(runs, model, args):
 
 
 def aa_half_width(points):
-    """The widest A/A deviation from 1 over all points and metrics (the noise floor), or None."""
-    devs = [max(abs(1 - m["aa_spread"]["min"]), abs(m["aa_spread"]["max"] - 1))
-            for pt in points for metric, _ in METRICS for m in [pt[metric]] if m["aa_spread"]["n"]]
-    return max(devs) if devs else None
+    """The widest A/A deviation from 1 over all points and metrics (the run's noise floor), or None."""
+    floors = [noise_floor(pt[metric]["aa_spread"]) for pt in points for metric, _ in METRICS]
+    floors = [f for f in floors if f is not None]
+    return max(floors) if floors else None
 
 
 def ratio_text(ratio, spread):
@@ -185,7 +195,7 @@ def markdown(model, points):
             "Median [min-max] over repetitions; ratio = median paged / median stock "
             "[min-max of per-repetition paged/stock]; A/A = stock measured again in the same run, "
             "interleaved (median [min-max] of per-repetition stock/stock). A ratio is a gain or a loss "
-            "only outside the A/A spread, otherwise noise. " + floor_text + "\n\n"
+            "only outside 1 +- the A/A deviation of its point, otherwise noise. " + floor_text + "\n\n"
             + tables.markdown_table(header, rows))
 
 
@@ -228,6 +238,7 @@ def main(argv=None):
     knobs = builds.parse_knobs(args.knobs)
     dirs = builds.bin_dirs(args)
     builds.require(dirs, TOOL, args.models)
+    builds.check_knobs(dirs["paged"], knobs, args.models[0])
     ctx = args.ctx or needed_ctx(args)
     if ctx < needed_ctx(args):
         raise HarnessError(f"--ctx {ctx} is below max(npl)*(max(npp)+max(ntg)) = {needed_ctx(args)}")

@@ -157,6 +157,8 @@ def main(argv=None):
     workloads = [wl.load(path) for path in args.workload]
     knobs = builds.parse_knobs(args.knobs)
     builds.require({b: builds.bin_dirs(args)[b] for b in args.builds}, "llama-server", [args.model])
+    if "paged" in args.builds:
+        builds.check_knobs(builds.bin_dirs(args)["paged"], knobs, args.model)
     args.out.mkdir(parents=True, exist_ok=True)
 
     sections, failed = [], False

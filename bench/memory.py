@@ -134,6 +134,7 @@ def main(argv=None):
     args = parse_args(argv)
     knobs = builds.parse_knobs(args.knobs)
     builds.require(builds.bin_dirs(args), "llama-server", [args.model])
+    builds.check_knobs(builds.bin_dirs(args)["paged"], knobs, args.model)
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="memory-logs-") as log_dir:

@@ -7,7 +7,7 @@ import re
 import shlex
 import subprocess
 
-from . import paths
+from . import paths, runs
 from .errors import HarnessError
 
 BUILDS = paths.CONFIGS
@@ -99,3 +99,34 @@ def version_text(binary):
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"unavailable: {err}"
     return (proc.stdout + proc.stderr).strip()
+
+
+def check_knobs(paged_bin, knobs, model):
+    """Knobs the paged binary rejects (a bad value; a name that is no knob of the series) stop
+    the tool here, in seconds, naming the knob, instead of failing after minutes of stock runs.
+    The value check is the binary's own: one token of llama-completion with the knobs set."""
+    from . import trailers  # the series' knobs, from the patch trailers
+    known = {name for knob in trailers.runtime_knobs() for name in knob.env}
+    for name in knobs:
+        if name not in known and not name.startswith("GGML_"):
+            raise HarnessError(f"--knobs: {name} is not a knob of the series (docs/KNOBS.md lists them: "
+                               f"{', '.join(sorted(known))})")
+    if not knobs:
+        return
+    cmd = [str(pathlib.Path(paged_bin) / "llama-completion"), "-m", str(model), "-p", "hi", "-n", "1",
+           "-no-cnv", "--no-warmup", "-c", "256", "-t", "1"]
+
+    # a refusal names the knob; a run whose log lost that line (harness.runs) is run again
+    def names_a_knob(proc):
+        return any(name in line for line in proc.stderr.splitlines() for name in knobs)
+
+    for _ in range(runs.MAX_ATTEMPTS):
+        proc = subprocess.run(cmd, env=run_env("paged", knobs), capture_output=True, text=True, timeout=600,
+                              stdin=subprocess.DEVNULL)
+        if proc.returncode == 0 or names_a_knob(proc):
+            break
+    if proc.returncode != 0:
+        named = [line for line in proc.stderr.splitlines() if any(name in line for name in knobs)]
+        detail = named[-1] if named else "\n".join(proc.stderr.strip().splitlines()[-5:])
+        raise HarnessError(f"the paged build refuses --knobs \"{' '.join(f'{k}={v}' for k, v in knobs.items())}\": "
+                           f"{detail.strip()} ({' '.join(cmd)})")

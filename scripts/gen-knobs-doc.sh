@@ -75,6 +75,6 @@ for f in "${rows[@]}"; do
     echo
     for t in $fields; do
         value=$(trailer "$t")
-        [ -n "$value" ] && printf -- '- **%s:** %s\n' "$t" "$value"
+        if [ -n "$value" ]; then printf -- '- **%s:** %s\n' "$t" "$value"; fi
     done
 done

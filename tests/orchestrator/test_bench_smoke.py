@@ -139,3 +139,16 @@ def test_server_that_fails_to_start_is_reported_with_its_log(builds, tiny_model,
     assert (tmp_path / "logs" / "server-burst-stock.log").is_file()
 
 
+
+
+@pytest.mark.parametrize("knobs,want", [
+    ("LLAMA_GDN_IDS=2", "invalid value '2' for LLAMA_GDN_IDS"),
+    ("LLAMA_NO_SUCH_KNOB=1", "LLAMA_NO_SUCH_KNOB is not a knob of the series"),
+])
+def test_a_knob_the_paged_build_refuses_stops_before_any_run(builds, tiny_model, tmp_path, knobs, want):
+    args = build_args(builds)
+    args[args.index("--knobs") + 1] = knobs
+    proc = bench("batched.py", "--models", tiny_model, "--reps", 1, "--npl", 1, *args, "--out", tmp_path)
+    assert proc.returncode == 2
+    assert want in proc.stderr, proc.stderr
+    assert "batched:" not in proc.stderr and "Traceback" not in proc.stderr

@@ -34,9 +34,12 @@ def test_every_run_takes_every_position():
     assert builds.build_of(builds.CONTROL) == "stock"
 
 
-@pytest.mark.parametrize("ratio,want", [(1.10, "gain"), (0.90, "loss"), (1.01, "noise"), (None, "n/a")])
-def test_a_ratio_is_a_gain_or_a_loss_only_outside_the_aa_spread(ratio, want):
+@pytest.mark.parametrize("ratio,want", [(1.10, "gain"), (0.90, "loss"), (1.01, "noise"), (0.975, "noise"),
+                                        (1.029, "noise"), (0.969, "loss"), (None, "n/a")])
+def test_a_ratio_is_a_gain_or_a_loss_only_outside_the_aa_band(ratio, want):
+    # A/A ratios 0.98..1.03: the band is 1 +- 3% (symmetric: the larger deviation)
     aa = {"median": 1.0, "min": 0.98, "max": 1.03, "n": 3}
+    assert batched.noise_floor(aa) == pytest.approx(0.03)
     assert batched.verdict(ratio, aa) == want
     assert batched.verdict(1.5, {"median": None, "min": None, "max": None, "n": 0}) == "n/a"
 
