@@ -17,6 +17,7 @@ import math
 import os
 import pathlib
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -46,9 +47,9 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", required=True, help="GGUF model(s)")
     p.add_argument("--out", required=True, type=pathlib.Path, help="output directory")
-    p.add_argument("--reps", type=int, default=3, help="repetitions per build (default 3)")
+    p.add_argument("--reps", type=int, default=10, help="repetitions per build (default 10: a noise floor under +-3%% here)")
     p.add_argument("--npp", type=int_list, default=[128], help="prompt tokens per sequence (default 128)")
-    p.add_argument("--ntg", type=int_list, default=[32], help="generated tokens per sequence (default 32)")
+    p.add_argument("--ntg", type=int_list, default=[128], help="generated tokens per sequence (default 128)")
     p.add_argument("--npl", type=int_list, default=[1, 4, 8, 16, 32], help="batch sizes (default 1,4,8,16,32)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="-t (default: all cores)")
     p.add_argument("--fa", default="on", choices=["on", "off", "auto"], help="flash attention (default on)")
@@ -109,19 +110,21 @@ def check_complete(rows, args, cmd, npl):
         raise HarnessError(f"{TOOL} skipped points {sorted(missing)} (context too small?): {' '.join(cmd)}")
 
 
-def noise_floor(aa):
-    """The A/A half-width: how far from 1.0 identical binaries measured the same way strayed
-    (the largest |stock-aa/stock - 1| over the repetitions), or None without a control."""
-    if not aa["n"]:
+def noise_floor(aa_ratios):
+    """How far from 1.0 the median of n per-repetition ratios of identical binaries may stray by
+    chance: twice the standard error of a median (1.2533 sigma / sqrt(n)), sigma measured on the
+    A/A ratios themselves; None without at least two of them. A single run on these machines
+    strays +-5-9% (docs/BENCHMARKS.md), so a band from the extremes would only widen with more
+    repetitions; the median's band narrows as 1/sqrt(n)."""
+    data = [r for r in aa_ratios if r is not None]
+    if len(data) < 2:
         return None
-    return max(abs(1 - aa["min"]), abs(aa["max"] - 1))
+    return 2 * 1.2533 * statistics.stdev(data) / math.sqrt(len(data))
 
 
-def verdict(ratio, aa):
-    """'gain' or 'loss' only when the ratio leaves the A/A band 1 +- noise_floor(aa); 'noise'
-    inside it; 'n/a' without a control. The band is symmetric: the A/A ratios scatter around 1,
-    and a paged/stock ratio just beyond an A/A extreme on the other side is no evidence."""
-    floor = noise_floor(aa)
+def verdict(ratio, floor):
+    """'gain' or 'loss' only when the median ratio leaves the band 1 +- floor; 'noise' inside it;
+    'n/a' without a control."""
     if ratio is None or floor is None:
         return "n/a"
     if ratio > 1 + floor:
@@ -151,10 +154,11 @@ def summarize(runs, model, args):
                     pair_ratios = [stats.ratio(p, s) for s, p in zip(stock, paged)]
                     aa_ratios = [stats.ratio(c, s) for s, c in zip(stock, control)]
                     ratio = stats.ratio(stats.spread(paged)["median"], stats.spread(stock)["median"])
+                    floor = noise_floor(aa_ratios)
                     point[metric] = {
                         "stock": stats.spread(stock), "paged": stats.spread(paged),
                         "ratio": ratio, "ratio_spread": stats.spread(pair_ratios),
-                        "aa_spread": stats.spread(aa_ratios), "verdict": verdict(ratio, stats.spread(aa_ratios)),
+                        "aa_spread": stats.spread(aa_ratios), "aa_floor": floor, "verdict": verdict(ratio, floor),
                         "stock_reps": stock, "paged_reps": paged, "control_reps": control,
                     }
                 points.append(point)
@@ -162,8 +166,8 @@ def summarize(runs, model, args):
 
 
 def aa_half_width(points):
-    """The widest A/A deviation from 1 over all points and metrics (the run's noise floor), or None."""
-    floors = [noise_floor(pt[metric]["aa_spread"]) for pt in points for metric, _ in METRICS]
+    """The widest noise floor over all points and metrics of the run, or None."""
+    floors = [pt[metric]["aa_floor"] for pt in points for metric, _ in METRICS]
     floors = [f for f in floors if f is not None]
     return max(floors) if floors else None
 
@@ -185,17 +189,19 @@ def markdown(model, points):
         for metric, _ in METRICS:
             m = pt[metric]
             aa = m["aa_spread"]
+            floor = "" if m["aa_floor"] is None else f" ±{m['aa_floor']:.1%}"
             row += [tables.with_range(m["stock"], 1), tables.with_range(m["paged"], 1),
-                    ratio_text(m["ratio"], m["ratio_spread"]), ratio_text(aa["median"], aa), m["verdict"]]
+                    ratio_text(m["ratio"], m["ratio_spread"]), ratio_text(aa["median"], aa) + floor, m["verdict"]]
         rows.append(row)
     floor = aa_half_width(points)
-    floor_text = (f"A/A noise floor of this run: ±{floor:.1%} (the widest stock/stock deviation over all points)."
-                  if floor is not None else "No A/A control in this run (--no-aa): no noise floor, no verdicts.")
+    floor_text = (f"A/A noise floor of this run: ±{floor:.1%} (the widest over all points)."
+                  if floor is not None else "No A/A control in this run (--no-aa, or one repetition): no noise floor, no verdicts.")
     return (f"### batched-bench: {pathlib.Path(model).name}\n\n"
             "Median [min-max] over repetitions; ratio = median paged / median stock "
             "[min-max of per-repetition paged/stock]; A/A = stock measured again in the same run, "
-            "interleaved (median [min-max] of per-repetition stock/stock). A ratio is a gain or a loss "
-            "only outside 1 +- the A/A deviation of its point, otherwise noise. " + floor_text + "\n\n"
+            "interleaved: median [min-max] of per-repetition stock/stock, and ± its noise floor (twice "
+            "the standard error of a median of that many A/A ratios). A ratio is a gain or a loss only "
+            "outside 1 ± the floor of its point, otherwise noise. " + floor_text + "\n\n"
             + tables.markdown_table(header, rows))
 
 

@@ -19,9 +19,9 @@ MODELS_DIR   ?= .cache/models
 BENCH_MODELS ?= $(MODELS_DIR)/bench-qwen35-q8_0.gguf
 # Environment for the paged runs only ("LLAMA_X=1 LLAMA_Y=2").
 BENCH_KNOBS  ?=
-BENCH_REPS   ?= 3
+BENCH_REPS   ?= 10
 BENCH_NPP    ?= 128
-BENCH_NTG    ?= 32
+BENCH_NTG    ?= 128
 BENCH_NPL    ?= 1,4,8,16,32
 # -c:-np pairs for the memory table.
 BENCH_MEM_CONFIGS ?= 4096:1,32768:8,65536:8

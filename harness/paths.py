@@ -39,5 +39,6 @@ def build_dir(config):
 
 
 def models_dir():
-    """MODELS_DIR, else .cache/models (where 'make models' writes)."""
-    return pathlib.Path(os.environ.get("MODELS_DIR") or ROOT / ".cache" / "models")
+    """MODELS_DIR (relative to the repository root, as the Makefile gives it), else
+    .cache/models (where 'make models' writes)."""
+    return ROOT / (os.environ.get("MODELS_DIR") or ".cache/models")

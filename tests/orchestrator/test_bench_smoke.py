@@ -75,6 +75,7 @@ def test_batched_smoke(builds, tiny_model, tmp_path):
             assert finite(point[metric]["ratio"]) and point[metric]["ratio"] > 0, point
             assert finite(point[metric]["ratio_spread"]["min"]), point
             assert point[metric]["aa_spread"]["n"] == 2 and finite(point[metric]["aa_spread"]["median"]), point
+            assert finite(point[metric]["aa_floor"]), point
             assert point[metric]["verdict"] in ("gain", "loss", "noise"), point
     table = (tmp_path / "batched.md").read_text()
     assert "S_TG paged/stock" in table and "S_TG A/A" in table and "| 16 | 4 | 2 |" in table

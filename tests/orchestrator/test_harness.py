@@ -34,14 +34,19 @@ def test_every_run_takes_every_position():
     assert builds.build_of(builds.CONTROL) == "stock"
 
 
-@pytest.mark.parametrize("ratio,want", [(1.10, "gain"), (0.90, "loss"), (1.01, "noise"), (0.975, "noise"),
+def test_the_noise_floor_is_twice_the_standard_error_of_the_aa_median():
+    aa = [0.97, 1.03, 0.99, 1.01]  # sample standard deviation 0.02582
+    assert batched.noise_floor(aa) == pytest.approx(2 * 1.2533 * 0.025820 / 2, rel=1e-3)
+    assert batched.noise_floor([1.0]) is None and batched.noise_floor([]) is None
+    # more repetitions of the same scatter: a narrower floor
+    assert batched.noise_floor(aa * 4) < batched.noise_floor(aa)
+
+
+@pytest.mark.parametrize("ratio,want", [(1.10, "gain"), (0.90, "loss"), (1.01, "noise"), (0.971, "noise"),
                                         (1.029, "noise"), (0.969, "loss"), (None, "n/a")])
-def test_a_ratio_is_a_gain_or_a_loss_only_outside_the_aa_band(ratio, want):
-    # A/A ratios 0.98..1.03: the band is 1 +- 3% (symmetric: the larger deviation)
-    aa = {"median": 1.0, "min": 0.98, "max": 1.03, "n": 3}
-    assert batched.noise_floor(aa) == pytest.approx(0.03)
-    assert batched.verdict(ratio, aa) == want
-    assert batched.verdict(1.5, {"median": None, "min": None, "max": None, "n": 0}) == "n/a"
+def test_a_ratio_is_a_gain_or_a_loss_only_outside_the_floor(ratio, want):
+    assert batched.verdict(ratio, 0.03) == want
+    assert batched.verdict(1.5, None) == "n/a"
 
 
 def test_prompt_text_is_stable():
