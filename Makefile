@@ -53,10 +53,8 @@ CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=Release \
                -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
                $(BACKEND_FLAGS_$(BACKEND))
 
-# Relative paths in ccache keys: a fresh clone elsewhere hits the same cache. NOHASHDIR: the
-# sanitizer build has debug info, for which ccache would otherwise key on the build directory.
+# Relative paths in ccache keys: a fresh clone elsewhere hits the same cache.
 export CCACHE_BASEDIR := $(CURDIR)
-export CCACHE_NOHASHDIR := 1
 
 .PHONY: all build build-both prepare configure test test-fast test-unit check-series check-docs verify-tree \
         check-cuda sanitize dev export-patches clean clean-src help models bench-models serve serve-stop
