@@ -7,8 +7,12 @@ slot counts.
 For each -c:-np pair and build: start the server, read VmRSS/VmHWM from
 /proc/<pid>/status once /health is ok ("idle"), run a fixed request schedule
 (one wave of -np concurrent requests of --prompt-tokens each, at most half a slot),
-read them again ("after"), and take the buffer sizes (KV, RS, compute, ...)
-that llama.cpp logs. Writes DIR/memory.json and DIR/memory.md.
+read them again ("after"), erase every slot and read them once more ("erased"),
+and take the buffer sizes (KV, RS, compute, ...) that llama.cpp logs. For the
+paged build it also reads what its paged caches hold resident (/proc/<pid>/smaps)
+at each point, and compares it after the schedule with what the requests need:
+tokens x KV bytes per token + sequences x recurrent-state bytes per sequence.
+Writes DIR/memory.json and DIR/memory.md.
 """
 import argparse
 import json
@@ -79,41 +83,61 @@ def mib(kib):
 
 def measure(args, build, ctx, n_par, knobs, log_dir):
     bin_dir = builds.bin_dirs(args)[build]
-    server_args = ["-c", ctx, "-np", n_par, "-t", args.threads, "-lv", LOG_VERBOSITY,
+    # --slot-save-path: the server erases slots only with one
+    server_args = ["-c", ctx, "-np", n_par, "-t", args.threads, "-lv", LOG_VERBOSITY, "--slot-save-path", log_dir,
                    *shlex.split(args.server_args)]
     log = pathlib.Path(log_dir) / f"server-memory-{ctx}x{n_par}-{build}.log"
     server = LlamaServer(bin_dir / "llama-server", args.model, server_args, builds.run_env(build, knobs),
                          log, build, health_timeout=args.health_timeout, keep_dir=args.out / "logs")
     with server:
-        idle = procmem.vm_status(server.pid)
+        idle, idle_cache = procmem.vm_status(server.pid), procmem.paged_resident(server.pid)[0]
         work = schedule(ctx, n_par, args.prompt_tokens, args.n_predict)
         recs = loadrun.execute(server.port, work, wl.plan(work))
-        after = procmem.vm_status(server.pid)
+        after, after_cache = procmem.vm_status(server.pid), procmem.paged_resident(server.pid)[0]
+        for slot in range(n_par):
+            server.post(f"/slots/{slot}?action=erase", {})
+        erased, erased_cache = procmem.vm_status(server.pid), procmem.paged_resident(server.pid)[0]
     errors = [r["error"] for r in recs if r["error"]]
     if errors:
         kept = server.keep_log(args.out / "logs")
         raise HarnessError(f"{build} -c {ctx} -np {n_par}: {len(errors)} scheduled request(s) failed "
                          f"({errors[0]}); server log kept at {kept}")
     buffers = server_log.buffer_sizes(log.read_text(errors="replace"))
+    prompt_n = [loadrun.request_metrics(r)["prompt_n"] for r in recs]
     return {
         "build": build, "ctx": ctx, "np": n_par, "command": server.command(server.port),
         "knobs": knobs if build == "paged" else {},
-        "idle_kib": idle, "after_kib": after, "buffers_mib": buffers["by_kind"], "buffer_lines": buffers["lines"],
-        "schedule": {"n_requests": len(recs), "prompt_n": [loadrun.request_metrics(r)["prompt_n"] for r in recs],
-                     "n_predict": args.n_predict},
+        "idle_kib": idle, "after_kib": after, "erased_kib": erased,
+        "cache_resident_kib": {"idle": idle_cache, "after": after_cache, "erased": erased_cache},
+        "needed_mib": needed_mib(buffers["by_kind"], ctx, n_par, prompt_n, args.n_predict),
+        "buffers_mib": buffers["by_kind"], "buffer_lines": buffers["lines"],
+        "schedule": {"n_requests": len(recs), "prompt_n": prompt_n, "n_predict": args.n_predict},
     }
+
+
+def needed_mib(buffers_mib, ctx, n_par, prompt_n, n_predict):
+    """What the schedule's sequences hold: every token's KV row and every sequence's state."""
+    kv_per_token = buffers_mib.get("KV", 0.0) / ctx
+    rs_per_seq = buffers_mib.get("RS", 0.0) / n_par
+    return sum(n + n_predict for n in prompt_n if n) * kv_per_token + len(prompt_n) * rs_per_seq
 
 
 def markdown(results):
     kinds = sorted({k for r in results for k in r["buffers_mib"]}, key=lambda k: (k != "KV", k))
-    header = ["-c", "-np", "build", "RSS idle MiB", "HWM idle MiB", "RSS after MiB", "HWM after MiB",
-              *[f"{k} buffers MiB" for k in kinds]]
+    header = ["-c", "-np", "build", "RSS idle MiB", "HWM idle MiB", "RSS after MiB", "HWM after MiB", "RSS erased MiB",
+              *[f"{k} buffers MiB" for k in kinds], "needed MiB", "cache idle / after / erased MiB", "after / needed"]
     rows = []
     for r in results:
+        cache = r["cache_resident_kib"]
+        paged = r["build"] == "paged" and (cache["idle"] or cache["after"])
         rows.append([r["ctx"], r["np"], r["build"],
                      tables.num(mib(r["idle_kib"].get("VmRSS")), 1), tables.num(mib(r["idle_kib"].get("VmHWM")), 1),
                      tables.num(mib(r["after_kib"].get("VmRSS")), 1), tables.num(mib(r["after_kib"].get("VmHWM")), 1),
-                     *[tables.num(r["buffers_mib"].get(k), 2) for k in kinds]])
+                     tables.num(mib(r["erased_kib"].get("VmRSS")), 1),
+                     *[tables.num(r["buffers_mib"].get(k), 2) for k in kinds],
+                     tables.num(r["needed_mib"], 1),
+                     " / ".join(tables.num(mib(cache[k]), 1) for k in ("idle", "after", "erased")) if paged else "all",
+                     tables.num(stats.ratio(mib(cache["after"]), r["needed_mib"]), 3) if paged else ""])
     by_key = {(r["ctx"], r["np"], r["build"]): r for r in results}
     for ctx, n_par in dict.fromkeys((r["ctx"], r["np"]) for r in results):
         s, p = by_key.get((ctx, n_par, "stock")), by_key.get((ctx, n_par, "paged"))
@@ -122,12 +146,16 @@ def markdown(results):
             for when in ("idle_kib", "after_kib"):
                 for key in ("VmRSS", "VmHWM"):
                     row.append(tables.num(stats.ratio(p[when].get(key), s[when].get(key)), 3))
+            row.append(tables.num(stats.ratio(p["erased_kib"].get("VmRSS"), s["erased_kib"].get("VmRSS")), 3))
             row += [tables.num(stats.ratio(p["buffers_mib"].get(k), s["buffers_mib"].get(k)), 3) for k in kinds]
-            rows.append(row)
+            rows.append(row + ["", "", ""])
     return ("### memory: llama-server resident set\n\n"
             "idle = right after /health is ok; after = after the fixed schedule (-np concurrent "
-            "requests with unique prompts). HWM is the peak resident set so far. Buffer sizes "
-            "are the ones llama.cpp logs (summed per kind).\n\n" + tables.markdown_table(header, rows))
+            "requests with unique prompts); erased = after erasing every slot. HWM is the peak resident "
+            "set so far. Buffer sizes are the ones llama.cpp logs (summed per kind). needed = the "
+            "schedule's tokens x KV bytes per token + its sequences x recurrent-state bytes per "
+            "sequence; cache = what the paged build's caches hold resident (smaps), \"all\" where the "
+            "caches are not paged.\n\n" + tables.markdown_table(header, rows))
 
 
 def main(argv=None):

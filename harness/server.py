@@ -195,6 +195,25 @@ class LlamaServer:
             raise HarnessError(f"POST {path}: HTTP {resp.status}: {data[:500].decode(errors='replace')}")
         return json.loads(data)
 
+    def metrics(self, timeout=30.0):
+        """{name: value} of the Prometheus text at /metrics (the server needs --metrics), names
+        without their "llamacpp:" prefix."""
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
+        try:
+            conn.request("GET", "/metrics")
+            resp = conn.getresponse()
+            data = resp.read().decode(errors="replace")
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise HarnessError(f"GET /metrics: HTTP {resp.status}: {data[:500]}")
+        out = {}
+        for line in data.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name.removeprefix("llamacpp:")] = float(value)
+        return out
+
     def complete(self, prompt, n_predict=32, **extra):
         """One greedy /completion (temperature 0, seed 1, cache_prompt)."""
         body = {"prompt": prompt, "n_predict": n_predict, "temperature": 0, "seed": 1, "cache_prompt": True}

@@ -74,7 +74,7 @@ def patch_trailers(patch):
 
 @dataclasses.dataclass
 class Knob:
-    patch: str          # file name of the patch that adds it
+    patch: str          # file name of the patch that adds it, "+NNNN" for each that extends it
     env: dict           # {NAME: VALUE} that turns it on
     bit_exact: bool     # its Bit-exact: trailer starts with "yes"
     recommended: bool   # its Recommended: trailer says yes ('make serve' sets it)
@@ -88,19 +88,29 @@ KNOB_SETTING = re.compile(r"\b([A-Z][A-Z0-9_]+)=(\S+)")
 
 
 def runtime_knobs():
-    """Every patch's runtime knob, in series order (patches without one are left out)."""
-    found = []
+    """Every runtime knob of the series, in series order of its first patch (patches without one
+    are left out). A later patch that takes the same setting further (LLAMA_KV_PAGED=1 in 0008 and
+    0009) is the same knob: the gates run it once, on the whole series, and it is bit-exact only
+    if every one of its patches says so."""
+    found = {}
     for patch in all_patches():
         t = patch_trailers(patch)
         env = {}
         for knob in t.get("Knob", []):
             for m in KNOB_SETTING.finditer(knob):
                 env[m.group(1)] = m.group(2).rstrip(",;")
-        if env:
-            found.append(Knob(patch=patch.name, env=env,
-                              bit_exact=any(v.lower().startswith("yes") for v in t.get("Bit-exact", [])),
-                              recommended=any(v.lower().startswith("yes") for v in t.get("Recommended", []))))
-    return found
+        if not env:
+            continue
+        bit_exact = any(v.lower().startswith("yes") for v in t.get("Bit-exact", []))
+        recommended = any(v.lower().startswith("yes") for v in t.get("Recommended", []))
+        key = tuple(sorted(env.items()))
+        if key in found:
+            first = found[key]
+            found[key] = Knob(patch=f"{first.patch}+{patch.name[:4]}", env=first.env,
+                              bit_exact=first.bit_exact and bit_exact, recommended=first.recommended or recommended)
+        else:
+            found[key] = Knob(patch=patch.name, env=env, bit_exact=bit_exact, recommended=recommended)
+    return list(found.values())
 
 
 def tests_of(trailers):

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import bin_dir
 from harness import builds, procmem, server_log
+from harness.prompts import gate_words
 from harness.server import LlamaServer
 from verify import gate
 
@@ -56,3 +57,72 @@ def test_a_bad_value_is_a_clear_error(value):
                               timeout=120)
         assert proc.returncode != 0
         assert f"invalid value '{value}' for {KNOB}: expected 0 or 1" in proc.stderr.decode(errors="replace")
+
+
+@pytest.mark.parametrize("model", ["gate-llama", "gate-qwen35"])
+def test_memory_follows_the_sequences_and_comes_back(model, report):
+    """paged 0009: 4 sequences fill a cache, are cut and removed; the paged mappings' resident
+    pages (smaps) follow, in both KV modes, flash attention on and off, f16, q8_0 and q4_0."""
+    cmd = [str(bin_dir("paged") / "test-kv-paged-release"), "-m", str(gate.MODELS_DIR / f"{model}.gguf"),
+           "-t", str(gate.THREADS)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
+    assert proc.returncode == 0, " ".join(cmd) + "\n" + proc.stdout[-3000:] + proc.stderr[-3000:]
+    for line in proc.stdout.splitlines():
+        if "removing it gave back" in line or "grew" in line:
+            report(f"{KNOB}=1 {model} {line}")
+
+
+def server_prompts(n, words):
+    """n prompts that share nothing, so every slot writes its own cells."""
+    return [f"{i} " + gate_words(words, i + 100) for i in range(n)]
+
+
+@pytest.mark.parametrize("kv_unified", [False, True], ids=["per-slot-KV", "unified-KV"])
+def test_a_server_gives_back_what_erased_slots_held(kv_unified, tmp_path, report):
+    """Slots that finish keep their cache for the next prompt; erasing them gives it back. /metrics
+    (paged 0011) says the same as the kernel."""
+    n_slots = 4
+    # --slot-save-path: the server takes slot actions (erase) only with one
+    args = ["-c", "16384", "-np", str(n_slots), "-t", str(gate.THREADS), "-lv", "4", "--slot-save-path", str(tmp_path),
+            "--metrics", *(["-kvu"] if kv_unified else [])]
+    log = tmp_path / "server.log"
+    with LlamaServer(bin_dir("paged"), gate.MODELS_DIR / "gate-qwen35.gguf", args,
+                     env=builds.run_env("paged", {KNOB: "1"}), log_path=log) as srv:
+        idle, n_mappings = procmem.paged_resident(srv.pid)
+        assert n_mappings > 0, "no paged mapping in the server's smaps"
+        idle_metrics = srv.metrics()
+        results = srv.complete_concurrently(server_prompts(n_slots, 600), n_predict=16)
+        busy, busy_metrics = procmem.paged_resident(srv.pid)[0], srv.metrics()
+        for slot in range(n_slots):
+            srv.post(f"/slots/{slot}?action=erase", {})
+        erased, erased_metrics = procmem.paged_resident(srv.pid)[0], srv.metrics()
+    # the last generated token is sampled, never decoded: it has no cell
+    tokens = sum(r["timings"]["prompt_n"] + r["timings"]["predicted_n"] - 1 for r in results)
+    sizes = server_log.buffer_sizes(log.read_text(errors="replace"))["by_kind"]
+    needed = tokens * sizes["KV"] / 16384 + n_slots * sizes["RS"] / n_slots
+    mode = "unified" if kv_unified else "per-slot"
+    report(f"{KNOB}=1 gate-qwen35 {mode} KV, {n_slots} slots, {tokens} tokens: caches resident idle {idle / 1024:.1f} "
+           f"MiB, after the requests {busy / 1024:.1f} MiB (they need {needed:.1f}), slots erased {erased / 1024:.1f} MiB")
+    assert busy / 1024 >= 0.9 * needed and busy / 1024 <= 1.1 * needed + 1, (busy / 1024, needed)
+    assert erased <= idle + 0.05 * (busy - idle), (idle, busy, erased)
+
+    # /metrics: cells and states in use, and bytes in use within a page per row of the kernel's count
+    assert idle_metrics["kv_cache_cells_used"] == 0 and idle_metrics["kv_cache_used_bytes"] == 0, idle_metrics
+    assert busy_metrics["kv_cache_cells_used"] == tokens, (busy_metrics, tokens)
+    assert busy_metrics["recurrent_states_used"] == n_slots, busy_metrics
+    # the server prints 6 significant digits
+    assert busy_metrics["kv_cache_usage_perc"] == pytest.approx(tokens / busy_metrics["kv_cache_cells"], rel=1e-5), \
+        busy_metrics
+    assert busy_metrics["kv_cache_bytes"] / 2**20 == pytest.approx(sizes["KV"] + sizes["RS"], rel=1e-3), busy_metrics
+    used_kib = busy_metrics["kv_cache_used_bytes"] / 1024
+    assert 0.97 * busy <= used_kib <= busy, (used_kib, busy)
+    assert erased_metrics["kv_cache_cells_used"] == 0 and erased_metrics["recurrent_states_used"] == 0, erased_metrics
+    assert erased_metrics["kv_cache_used_bytes"] == 0, erased_metrics
+
+
+def test_metrics_of_caches_that_are_not_paged_are_stock(tmp_path):
+    """Without the knob /metrics is stock's: no cache lines."""
+    args = ["-c", "4096", "-np", "2", "-t", str(gate.THREADS), "--metrics"]
+    with LlamaServer(bin_dir("paged"), gate.MODELS_DIR / "gate-llama.gguf", args, log_path=tmp_path / "server.log") as srv:
+        names = set(srv.metrics())
+    assert names and not {n for n in names if n.startswith("kv_cache") or n.startswith("recurrent_states")}, names
