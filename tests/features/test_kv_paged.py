@@ -1,9 +1,11 @@
-"""Paged KV memory (LLAMA_KV_PAGED, paged 0007-0008): the KV cache and the recurrent state take
-physical memory only where they are written. The knob is bit-exact, so the greedy-md5 and server
-gates run it on every gate model against stock; this file checks the memory itself, and the
-knob's bad values."""
+"""Paged KV memory (LLAMA_KV_PAGED, paged 0007-0012): the KV cache and the recurrent state take
+physical memory only where they are written and give it back when their sequences end. The knob
+is bit-exact, so the greedy-md5 and server gates run it on every gate model against stock; this
+file checks the memory itself, what /metrics says of it, the budget (LLAMA_KV_MAX_MIB), and the
+knobs' bad values."""
 import os
 import subprocess
+import threading
 
 import pytest
 
@@ -126,3 +128,77 @@ def test_metrics_of_caches_that_are_not_paged_are_stock(tmp_path):
     with LlamaServer(bin_dir("paged"), gate.MODELS_DIR / "gate-llama.gguf", args, log_path=tmp_path / "server.log") as srv:
         names = set(srv.metrics())
     assert names and not {n for n in names if n.startswith("kv_cache") or n.startswith("recurrent_states")}, names
+
+
+def cache_sizes(tmp_path, args):
+    """{kind: MiB} of the caches a gate-qwen35 server with args allocates (a paged start, no request)."""
+    log = tmp_path / "sizes.log"
+    with LlamaServer(bin_dir("paged"), gate.MODELS_DIR / "gate-qwen35.gguf", [*args, "-lv", "4"],
+                     env=builds.run_env("paged", {KNOB: "1"}), log_path=log):
+        pass
+    return server_log.buffer_sizes(log.read_text(errors="replace"))["by_kind"]
+
+
+def test_an_exhausted_budget_fails_requests_clearly_and_the_server_goes_on(tmp_path, report):
+    """LLAMA_KV_MAX_MIB (paged 0012): 4 slots whose prompts need more than the budget. Requests
+    past it fail with an error, never a crash; the caches never hold more than the budget; a
+    request that fits is served afterwards."""
+    n_slots, ctx = 4, 16384
+    args = ["-c", str(ctx), "-np", str(n_slots), "-kvu", "-t", str(gate.THREADS), "--metrics", "-cram", "0"]
+    sizes = cache_sizes(tmp_path, args)
+    per_token = sizes["KV"] * 2**20 / ctx
+    per_state = sizes["RS"] * 2**20 / n_slots
+    prompts = server_prompts(n_slots, 600)  # about 740 tokens each
+    # room for every state and about two of the four prompts
+    budget_mib = int((n_slots * per_state + 2 * 760 * per_token) / 2**20) + 1
+    env = builds.run_env("paged", {KNOB: "1", "LLAMA_KV_MAX_MIB": str(budget_mib)})
+    with LlamaServer(bin_dir("paged"), gate.MODELS_DIR / "gate-qwen35.gguf", args, env=env,
+                     log_path=tmp_path / "server.log") as srv:
+        outcomes = [None] * n_slots
+
+        def one(i):
+            try:
+                outcomes[i] = ("ok", srv.complete(prompts[i], 16))
+            except Exception as e:  # noqa: BLE001 - each outcome is checked below
+                outcomes[i] = ("error", str(e))
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n_slots)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        used = srv.metrics()["kv_cache_used_bytes"]
+        after = srv.complete("a short prompt that fits", 8)
+        log = srv.log_tail(200)
+    n_ok = sum(1 for kind, _ in outcomes if kind == "ok")
+    errors = [detail for kind, detail in outcomes if kind == "error"]
+    report(f"LLAMA_KV_MAX_MIB={budget_mib} gate-qwen35 -np {n_slots} -kvu, 4 prompts of ~740 tokens: {n_ok} served, "
+           f"{len(errors)} failed ({errors[0][:120] if errors else '-'}); then a short request served")
+    assert n_ok < n_slots, "the budget did not bind"
+    for kind, detail in outcomes:
+        assert kind == "ok" or "HTTP" in detail, detail  # an HTTP error answer, not a dropped connection
+    assert used <= budget_mib * 2**20, (used, budget_mib)
+    assert after["content"] is not None
+    assert "LLAMA_KV_MAX_MIB=" in log and "would take the caches to" in log, "the log does not say the budget refused"
+
+
+@pytest.mark.parametrize("value,message", [
+    ("0", "invalid value '0' for LLAMA_KV_MAX_MIB: expected a positive whole number of MiB"),
+    ("12x", "invalid value '12x' for LLAMA_KV_MAX_MIB: expected a positive whole number of MiB"),
+    ("1", "LLAMA_KV_MAX_MIB=1 is below what 8 sequences need to start"),
+])
+def test_a_bad_budget_is_a_clear_error(value, message):
+    cmd = gate.completion_cmd(bin_dir("paged"), gate.MODELS_DIR / "gate-qwen35.gguf", "hello", "on")
+    cmd += ["-np", "8", "-c", "8192"]
+    proc = subprocess.run(cmd, env={**os.environ, KNOB: "1", "LLAMA_KV_MAX_MIB": value}, capture_output=True,
+                          stdin=subprocess.DEVNULL, timeout=120)
+    assert proc.returncode != 0
+    assert message in proc.stderr.decode(errors="replace")
+
+
+def test_a_budget_without_paged_caches_is_a_clear_error():
+    cmd = gate.completion_cmd(bin_dir("paged"), gate.MODELS_DIR / "gate-llama.gguf", "hello", "on")
+    proc = subprocess.run(cmd, env={**os.environ, "LLAMA_KV_MAX_MIB": "64"}, capture_output=True,
+                          stdin=subprocess.DEVNULL, timeout=120)
+    assert proc.returncode != 0
+    assert "LLAMA_KV_MAX_MIB=64 needs LLAMA_KV_PAGED=1" in proc.stderr.decode(errors="replace")
