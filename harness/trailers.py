@@ -5,6 +5,9 @@ renders the same trailers as docs/KNOBS.md).
 Trailers (scripts/trailers.txt lists them):
   Knob: NAME=VALUE         the environment setting that turns the behaviour on ("none": no knob)
   Bit-exact: yes ...       the knob must leave every output byte-identical to stock
+  Bit-exact: per-slot ...  byte-identical for a lone sequence and where each sequence has a KV
+                           stream of its own (the server's default); sequences sharing a unified
+                           KV cache (-kvu) may differ in the last bits
   Tests: a, b              what covers the patch: a C++ test the series adds (test-x) or a
                            pytest path under tests/ (file.py or file.py::test_name)
   Recommended: yes         'make serve' turns the knob on
@@ -77,6 +80,7 @@ class Knob:
     patch: str          # file name of the patch that adds it, "+NNNN" for each that extends it
     env: dict           # {NAME: VALUE} that turns it on
     bit_exact: bool     # its Bit-exact: trailer starts with "yes"
+    bit_exact_per_slot: bool  # ... with "yes" or "per-slot"
     recommended: bool   # its Recommended: trailer says yes ('make serve' sets it)
 
     @property
@@ -102,14 +106,18 @@ def runtime_knobs():
         if not env:
             continue
         bit_exact = any(v.lower().startswith("yes") for v in t.get("Bit-exact", []))
+        per_slot = bit_exact or any(v.lower().startswith("per-slot") for v in t.get("Bit-exact", []))
         recommended = any(v.lower().startswith("yes") for v in t.get("Recommended", []))
         key = tuple(sorted(env.items()))
         if key in found:
             first = found[key]
             found[key] = Knob(patch=f"{first.patch}+{patch.name[:4]}", env=first.env,
-                              bit_exact=first.bit_exact and bit_exact, recommended=first.recommended or recommended)
+                              bit_exact=first.bit_exact and bit_exact,
+                              bit_exact_per_slot=first.bit_exact_per_slot and per_slot,
+                              recommended=first.recommended or recommended)
         else:
-            found[key] = Knob(patch=patch.name, env=env, bit_exact=bit_exact, recommended=recommended)
+            found[key] = Knob(patch=patch.name, env=env, bit_exact=bit_exact, bit_exact_per_slot=per_slot,
+                              recommended=recommended)
     return list(found.values())
 
 

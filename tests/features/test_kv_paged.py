@@ -1,11 +1,16 @@
-"""Paged KV memory (LLAMA_KV_PAGED, paged 0007-0012): the KV cache and the recurrent state take
-physical memory only where they are written and give it back when their sequences end. The knob
-is bit-exact, so the greedy-md5 and server gates run it on every gate model against stock; this
-file checks the memory itself, what /metrics says of it, the budget (LLAMA_KV_MAX_MIB), and the
-knobs' bad values."""
+"""Paged KV memory (LLAMA_KV_PAGED, paged 0007-0017): the KV cache and the recurrent state take
+physical memory only where they are written and give it back when their sequences end. The
+greedy-md5 and server gates run the knob on every gate model against stock (bit-exact per slot);
+this file checks the memory itself, what /metrics says of it, the block placement, the budget
+(LLAMA_KV_MAX_MIB), a soak of random requests, and the knobs' bad values."""
+import http.client
+import json
+import math
 import os
+import random
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -121,6 +126,14 @@ def test_a_server_gives_back_what_erased_slots_held(kv_unified, tmp_path, report
     assert erased_metrics["kv_cache_cells_used"] == 0 and erased_metrics["recurrent_states_used"] == 0, erased_metrics
     assert erased_metrics["kv_cache_used_bytes"] == 0, erased_metrics
 
+    # blocks (paged 0016, 0017): each slot's tokens in blocks of its own, in both KV modes; 16 cells
+    # a block or more, where 16 of this small model's rows do not span 4 pages
+    block = busy_metrics["kv_cache_cells"] / busy_metrics["kv_cache_blocks"]
+    assert block >= 16 and block == 2 ** int(math.log2(block)), busy_metrics
+    blocks = sum(-(-(r["timings"]["prompt_n"] + r["timings"]["predicted_n"] - 1) // int(block)) for r in results)
+    assert busy_metrics["kv_cache_blocks_used"] == blocks, (busy_metrics, blocks)
+    assert erased_metrics["kv_cache_blocks_used"] == 0, erased_metrics
+
 
 def test_metrics_of_caches_that_are_not_paged_are_stock(tmp_path):
     """Without the knob /metrics is stock's: no cache lines."""
@@ -202,3 +215,122 @@ def test_a_budget_without_paged_caches_is_a_clear_error():
                           stdin=subprocess.DEVNULL, timeout=120)
     assert proc.returncode != 0
     assert "LLAMA_KV_MAX_MIB=64 needs LLAMA_KV_PAGED=1" in proc.stderr.decode(errors="replace")
+
+
+@pytest.mark.parametrize("value", ["0", "12", "-16", "sixteen", "131072"])
+def test_a_bad_block_size_is_a_clear_error(value):
+    cmd = gate.completion_cmd(bin_dir("paged"), gate.MODELS_DIR / "gate-llama.gguf", "hello", "on")
+    proc = subprocess.run(cmd, env={**os.environ, KNOB: "1", "LLAMA_KV_BLOCK_SIZE": value}, capture_output=True,
+                          stdin=subprocess.DEVNULL, timeout=120)
+    assert proc.returncode != 0
+    assert (f"invalid value '{value}' for LLAMA_KV_BLOCK_SIZE: expected a power of two from 1 to 65536"
+            in proc.stderr.decode(errors="replace"))
+
+
+def test_a_block_size_without_paged_caches_is_a_clear_error():
+    cmd = gate.completion_cmd(bin_dir("paged"), gate.MODELS_DIR / "gate-llama.gguf", "hello", "on")
+    proc = subprocess.run(cmd, env={**os.environ, "LLAMA_KV_BLOCK_SIZE": "32"}, capture_output=True,
+                          stdin=subprocess.DEVNULL, timeout=120)
+    assert proc.returncode != 0
+    assert "LLAMA_KV_BLOCK_SIZE=32 needs LLAMA_KV_PAGED=1" in proc.stderr.decode(errors="replace")
+
+
+def stream_and_cancel(port, prompt, n_predict, after_tokens):
+    """A streaming /completion whose client goes away after after_tokens tokens (as a user who
+    closes the tab). "cancelled", "done" (it ended first) or an error string."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    try:
+        conn.request("POST", "/completion", body=json.dumps({"prompt": prompt, "n_predict": n_predict, "stream": True,
+                                                             "temperature": 0, "cache_prompt": True}),
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            return f"HTTP {resp.status}: {resp.read()[:300].decode(errors='replace')}"
+        seen = 0
+        while True:
+            line = resp.readline()
+            if not line:
+                return "done"
+            if line.startswith(b"data: "):
+                event = json.loads(line[len(b"data: "):])
+                if "error" in event:
+                    return f"error event: {event['error']}"
+                if event.get("stop"):
+                    return "done"
+                seen += 1
+                if seen >= after_tokens:
+                    return "cancelled"
+    finally:
+        conn.close()
+
+
+SOAK_S = float(os.environ.get("LLAMA_PAGED_SOAK_S", "25"))
+
+
+@pytest.mark.parametrize("kv_unified", [False, True], ids=["per-slot-KV", "unified-KV"])
+def test_a_soak_of_random_requests_cancellations_and_erases_leaks_nothing(kv_unified, tmp_path, report):
+    """Clients send prompts of random lengths for SOAK_S seconds (LLAMA_PAGED_SOAK_S), cancel some
+    streams midway and erase random slots. Every request completes, or fails with an HTTP error
+    that says why (none should here); afterwards, the slots erased, the caches hold nothing: no cell, state or block
+    in use, the paged memory back at its idle level, and the server still serves."""
+    n_slots, n_clients = 4, 6
+    args = ["-c", str(n_slots * 2048), "-np", str(n_slots), "-t", str(gate.THREADS), "--metrics",
+            "--slot-save-path", str(tmp_path), *(["-kvu"] if kv_unified else [])]
+    outcomes = []
+    lock = threading.Lock()
+    with LlamaServer(bin_dir("paged"), gate.MODELS_DIR / "gate-qwen35.gguf", args,
+                     env=builds.run_env("paged", {KNOB: "1"}), log_path=tmp_path / "server.log") as srv:
+        idle = procmem.paged_resident(srv.pid)[0]
+        stop_at = time.monotonic() + SOAK_S
+
+        def client(seed):
+            rng = random.Random(seed)
+            while time.monotonic() < stop_at:
+                prompt = f"{seed} " + gate_words(rng.randint(5, 700), rng.randint(0, 10**6))
+                n_predict = rng.randint(1, 48)
+                action = rng.random()
+                try:
+                    if action < 0.3:
+                        outcome = stream_and_cancel(srv.port, prompt, n_predict, rng.randint(1, 8))
+                    elif action < 0.4:
+                        srv.post(f"/slots/{rng.randrange(n_slots)}?action=erase", {})
+                        outcome = "erased"
+                    else:
+                        result = srv.complete(prompt, n_predict)
+                        outcome = "done" if result["timings"]["predicted_n"] >= 1 else f"no token: {result}"
+                except Exception as e:  # noqa: BLE001 - every outcome is checked below
+                    outcome = f"exception: {e}"
+                with lock:
+                    outcomes.append(outcome)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(n_clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        # cancelled streams end on the server's next step; then every slot is erased
+        deadline = time.monotonic() + 60
+        while srv.metrics().get("requests_processing", 0) > 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for slot in range(n_slots):
+            srv.post(f"/slots/{slot}?action=erase", {})
+        metrics = srv.metrics()
+        erased = procmem.paged_resident(srv.pid)[0]
+        after = srv.complete("the server still serves", 4)
+
+    kinds = {}
+    for o in outcomes:
+        key = o if o in ("done", "cancelled", "erased") else "error"
+        kinds[key] = kinds.get(key, 0) + 1
+    mode = "unified" if kv_unified else "per-slot"
+    report(f"{KNOB}=1 soak, gate-qwen35 {mode} KV, {n_slots} slots, {n_clients} clients, {SOAK_S:.0f} s: {kinds}; "
+           f"after the erase: {metrics['kv_cache_cells_used']:.0f} cells, {metrics['recurrent_states_used']:.0f} states, "
+           f"{metrics.get('kv_cache_blocks_used', 0):.0f} blocks in use, paged memory {idle / 1024:.1f} -> {erased / 1024:.1f} MiB")
+    # the server defers an erase of a busy slot until it is idle: no request may fail here
+    failed = [o for o in outcomes if o not in ("done", "cancelled", "erased")]
+    assert not failed, failed[:5]
+    assert kinds.get("done", 0) >= n_clients and kinds.get("cancelled", 0) >= 1, kinds
+    assert metrics["kv_cache_cells_used"] == 0 and metrics["recurrent_states_used"] == 0, metrics
+    assert metrics["kv_cache_used_bytes"] == 0 and metrics.get("kv_cache_blocks_used", 0) == 0, metrics
+    assert erased <= idle + 256, (idle, erased)  # KiB: the partial pages at the edges of the caches
+    assert after["timings"]["predicted_n"] >= 1

@@ -85,7 +85,8 @@ def test_batched_smoke(builds, tiny_model, tmp_path):
 
 
 def test_memory_smoke(builds, tiny_model, tmp_path):
-    proc = bench("memory.py", "--model", tiny_model, "--configs", "512:2", *build_args(builds), "--out", tmp_path)
+    proc = bench("memory.py", "--model", tiny_model, "--configs", "512:2", "--settle-s", "0.3", "--sample-s", "0.1",
+                 *build_args(builds), "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
     results = json.loads((tmp_path / "memory.json").read_text())["results"]
     assert [(r["build"], r["ctx"], r["np"]) for r in results] == [("stock", 512, 2), ("paged", 512, 2)]
@@ -97,6 +98,11 @@ def test_memory_smoke(builds, tiny_model, tmp_path):
     stock, paged = results
     assert finite(paged["after_kib"]["VmHWM"] / stock["after_kib"]["VmHWM"])
     assert "paged/stock" in (tmp_path / "memory.md").read_text()
+    for r in results:
+        samples = r["over_time"]["samples"]
+        assert len(samples) >= 3 and all(rss > 0 for _, rss, _ in samples), r["over_time"]
+        assert [w for _, w in r["over_time"]["marks"]] == ["idle", "requests", "done", "erase half", "erase all"]
+    assert_png(tmp_path / "memory-over-time-512x2.png")
 
 
 def test_loadgen_smoke(builds, tiny_model, tmp_path):
