@@ -13,13 +13,13 @@ from .errors import HarnessError
 MAX_ATTEMPTS = 5
 
 
-def run_complete(cmd, is_complete, describe=None, **run_args):
+def run_complete(cmd, is_complete, describe=None, attempts=MAX_ATTEMPTS, **run_args):
     """subprocess.run(cmd, **run_args) until is_complete(proc) or the run fails;
     returns the CompletedProcess of that run. stdin is /dev/null. A tool that
-    loses its output MAX_ATTEMPTS times in a row is an error naming the command."""
-    for _ in range(MAX_ATTEMPTS):
+    loses its output `attempts` times in a row is an error naming the command."""
+    for _ in range(attempts):
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, **run_args)
         if proc.returncode != 0 or is_complete(proc):
             return proc
     raise HarnessError(f"{describe or ' '.join(map(str, cmd))}\n"
-                       f"lost the end of its output {MAX_ATTEMPTS} times in a row")
+                       f"lost the end of its output {attempts} times in a row")
