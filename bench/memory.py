@@ -86,6 +86,11 @@ def schedule(ctx, n_par, prompt_tokens, n_predict):
                         "n_predict": n_predict})
 
 
+def memory_now(pid):
+    """(/proc/<pid>/status fields in KiB, KiB the paged caches hold resident)."""
+    return procmem.vm_status(pid), procmem.paged_resident(pid)[0]
+
+
 class MemorySampler(threading.Thread):
     """Samples (seconds since start, VmRSS KiB, paged caches resident KiB) of a process until stopped."""
 
@@ -103,11 +108,10 @@ class MemorySampler(threading.Thread):
     def run(self):
         while not self._stop_event.is_set():
             try:
-                rss = procmem.vm_status(self.pid).get("VmRSS")
-                cache = procmem.paged_resident(self.pid)[0]
+                status, cache = memory_now(self.pid)
             except (OSError, HarnessError):
                 break  # the server is gone
-            self.samples.append((time.monotonic() - self._t0, rss, cache))
+            self.samples.append((time.monotonic() - self._t0, status.get("VmRSS"), cache))
             self._stop_event.wait(self.interval_s)
 
     def stop(self):
@@ -132,23 +136,23 @@ def measure(args, build, ctx, n_par, knobs, log_dir):
         sampler.start()
         sampler.mark("idle")
         time.sleep(args.settle_s)
-        idle, idle_cache = procmem.vm_status(server.pid), procmem.paged_resident(server.pid)[0]
+        idle, idle_cache = memory_now(server.pid)
         work = schedule(ctx, n_par, args.prompt_tokens, args.n_predict)
         sampler.mark("requests")
         recs = loadrun.execute(server.port, work, wl.plan(work))
         sampler.mark("done")
-        after, after_cache = procmem.vm_status(server.pid), procmem.paged_resident(server.pid)[0]
+        after, after_cache = memory_now(server.pid)
         time.sleep(args.settle_s)
         # every other slot first: with unified KV (-kvu) their cells lie between the others'
         sampler.mark("erase half")
         for slot in range(0, n_par, 2):
             server.post(f"/slots/{slot}?action=erase", {})
-        half, half_cache = procmem.vm_status(server.pid), procmem.paged_resident(server.pid)[0]
+        half, half_cache = memory_now(server.pid)
         time.sleep(args.settle_s)
         sampler.mark("erase all")
         for slot in range(1, n_par, 2):
             server.post(f"/slots/{slot}?action=erase", {})
-        erased, erased_cache = procmem.vm_status(server.pid), procmem.paged_resident(server.pid)[0]
+        erased, erased_cache = memory_now(server.pid)
         time.sleep(args.settle_s)
         sampler.stop()
     errors = [r["error"] for r in recs if r["error"]]

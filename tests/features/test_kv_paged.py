@@ -54,16 +54,20 @@ def test_an_idle_server_holds_no_cache_memory(tmp_path, report):
     assert full_after - paged_after >= 0.9 * cache_mib, (full_after, paged_after, cache_mib)
 
 
+def refusal(knobs, model="gate-llama", extra_args=()):
+    """The stderr of llama-completion started with knobs (and extra_args), which must refuse to run."""
+    cmd = gate.completion_cmd(bin_dir("paged"), gate.MODELS_DIR / f"{model}.gguf", "hello", "on") + list(extra_args)
+    proc = subprocess.run(cmd, env={**os.environ, **knobs}, capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
+    assert proc.returncode != 0, gate.shell_line(cmd, knobs)
+    return proc.stderr.decode(errors="replace")
+
+
 @pytest.mark.parametrize("value", ["2", "yes", "-1"])
 def test_a_bad_value_is_a_clear_error(value):
     """Every time: the tool's log can lose its tail at exit (upstream issue 22142), the refusal
     itself must not be lost with it."""
-    cmd = gate.completion_cmd(bin_dir("paged"), gate.MODELS_DIR / "gate-llama.gguf", "hello", "on")
     for _ in range(5):
-        proc = subprocess.run(cmd, env={**os.environ, KNOB: value}, capture_output=True, stdin=subprocess.DEVNULL,
-                              timeout=120)
-        assert proc.returncode != 0
-        assert f"invalid value '{value}' for {KNOB}: expected 0 or 1" in proc.stderr.decode(errors="replace")
+        assert f"invalid value '{value}' for {KNOB}: expected 0 or 1" in refusal({KNOB: value})
 
 
 @pytest.mark.parametrize("model", ["gate-llama", "gate-qwen35"])
@@ -201,38 +205,21 @@ def test_an_exhausted_budget_fails_requests_clearly_and_the_server_goes_on(tmp_p
     ("1", "LLAMA_KV_MAX_MIB=1 is below what 8 sequences need to start"),
 ])
 def test_a_bad_budget_is_a_clear_error(value, message):
-    cmd = gate.completion_cmd(bin_dir("paged"), gate.MODELS_DIR / "gate-qwen35.gguf", "hello", "on")
-    cmd += ["-np", "8", "-c", "8192"]
-    proc = subprocess.run(cmd, env={**os.environ, KNOB: "1", "LLAMA_KV_MAX_MIB": value}, capture_output=True,
-                          stdin=subprocess.DEVNULL, timeout=120)
-    assert proc.returncode != 0
-    assert message in proc.stderr.decode(errors="replace")
+    assert message in refusal({KNOB: "1", "LLAMA_KV_MAX_MIB": value}, "gate-qwen35", ["-np", "8", "-c", "8192"])
 
 
 def test_a_budget_without_paged_caches_is_a_clear_error():
-    cmd = gate.completion_cmd(bin_dir("paged"), gate.MODELS_DIR / "gate-llama.gguf", "hello", "on")
-    proc = subprocess.run(cmd, env={**os.environ, "LLAMA_KV_MAX_MIB": "64"}, capture_output=True,
-                          stdin=subprocess.DEVNULL, timeout=120)
-    assert proc.returncode != 0
-    assert "LLAMA_KV_MAX_MIB=64 needs LLAMA_KV_PAGED=1" in proc.stderr.decode(errors="replace")
+    assert "LLAMA_KV_MAX_MIB=64 needs LLAMA_KV_PAGED=1" in refusal({"LLAMA_KV_MAX_MIB": "64"})
 
 
 @pytest.mark.parametrize("value", ["0", "12", "-16", "sixteen", "131072"])
 def test_a_bad_block_size_is_a_clear_error(value):
-    cmd = gate.completion_cmd(bin_dir("paged"), gate.MODELS_DIR / "gate-llama.gguf", "hello", "on")
-    proc = subprocess.run(cmd, env={**os.environ, KNOB: "1", "LLAMA_KV_BLOCK_SIZE": value}, capture_output=True,
-                          stdin=subprocess.DEVNULL, timeout=120)
-    assert proc.returncode != 0
     assert (f"invalid value '{value}' for LLAMA_KV_BLOCK_SIZE: expected a power of two from 1 to 65536"
-            in proc.stderr.decode(errors="replace"))
+            in refusal({KNOB: "1", "LLAMA_KV_BLOCK_SIZE": value}))
 
 
 def test_a_block_size_without_paged_caches_is_a_clear_error():
-    cmd = gate.completion_cmd(bin_dir("paged"), gate.MODELS_DIR / "gate-llama.gguf", "hello", "on")
-    proc = subprocess.run(cmd, env={**os.environ, "LLAMA_KV_BLOCK_SIZE": "32"}, capture_output=True,
-                          stdin=subprocess.DEVNULL, timeout=120)
-    assert proc.returncode != 0
-    assert "LLAMA_KV_BLOCK_SIZE=32 needs LLAMA_KV_PAGED=1" in proc.stderr.decode(errors="replace")
+    assert "LLAMA_KV_BLOCK_SIZE=32 needs LLAMA_KV_PAGED=1" in refusal({"LLAMA_KV_BLOCK_SIZE": "32"})
 
 
 def stream_and_cancel(port, prompt, n_predict, after_tokens):
