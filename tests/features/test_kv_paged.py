@@ -156,47 +156,153 @@ def cache_sizes(tmp_path, args):
     return server_log.buffer_sizes(log.read_text(errors="replace"))["by_kind"]
 
 
-def test_an_exhausted_budget_fails_requests_clearly_and_the_server_goes_on(tmp_path, report):
-    """LLAMA_KV_MAX_MIB (paged 0012): 4 slots whose prompts need more than the budget. Requests
-    past it fail with an error, never a crash; the caches never hold more than the budget; a
-    request that fits is served afterwards."""
-    n_slots, ctx = 4, 16384
-    args = ["-c", str(ctx), "-np", str(n_slots), "-kvu", "-t", str(gate.THREADS), "--metrics", "-cram", "0"]
+class MetricsPoller:
+    """Polls /metrics while requests run: the largest value seen of each name."""
+
+    def __init__(self, srv, names, period_s=0.05):
+        self.srv, self.names, self.period_s = srv, names, period_s
+        self.peak = {name: 0.0 for name in names}
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.run)
+
+    def run(self):
+        while not self.stopped.is_set():
+            try:
+                now = self.srv.metrics(timeout=5)
+            except Exception:  # noqa: BLE001 - a busy server answers the next poll
+                now = {}
+            for name in self.names:
+                self.peak[name] = max(self.peak[name], now.get(name, 0.0))
+            self.stopped.wait(self.period_s)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopped.set()
+        self.thread.join()
+
+
+def budget_args(kv_unified, n_slots, ctx):
+    return ["-c", str(ctx), "-np", str(n_slots), *(["-kvu"] if kv_unified else []),
+            "-t", str(gate.THREADS), "--metrics", "-cram", "0"]
+
+
+def run_concurrently(fns):
+    """Runs each fn in its own thread; [("ok", result) or ("error", message)] in order."""
+    outcomes = [None] * len(fns)
+
+    def one(i):
+        try:
+            outcomes[i] = ("ok", fns[i]())
+        except Exception as e:  # noqa: BLE001 - each outcome is checked by the caller
+            outcomes[i] = ("error", str(e))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(fns))]
+    for t in threads:
+        t.start()
+        time.sleep(0.2)  # arrival order is the order of fns
+    for t in threads:
+        t.join()
+    return outcomes
+
+
+@pytest.mark.parametrize("kv_unified", [True, False], ids=["kvu", "per-slot"])
+def test_under_a_budget_requests_wait_for_memory_and_all_are_served(kv_unified, tmp_path, report):
+    """LLAMA_KV_MAX_MIB (paged 0012, 0019): 4 concurrent prompts, a budget for about two of them.
+    The server starts a prompt only when all of it fits and the others wait: every request is
+    served, with the text the same requests get without a budget; the caches never pass the
+    budget; llama_decode never has to refuse a batch."""
+    n_slots, ctx, n_predict = 4, 16384, 16
+    args = budget_args(kv_unified, n_slots, ctx)
     sizes = cache_sizes(tmp_path, args)
     per_token = sizes["KV"] * 2**20 / ctx
     per_state = sizes["RS"] * 2**20 / n_slots
     prompts = server_prompts(n_slots, 600)  # about 740 tokens each
-    # room for every state and about two of the four prompts
     budget_mib = int((n_slots * per_state + 2 * 760 * per_token) / 2**20) + 1
+    model = gate.MODELS_DIR / "gate-qwen35.gguf"
+
+    with LlamaServer(bin_dir("paged"), model, args, env=builds.run_env("paged", {KNOB: "1"}),
+                     log_path=tmp_path / "reference.log") as srv:
+        reference = [srv.complete(p, n_predict)["content"] for p in prompts]
+
+    env = builds.run_env("paged", {KNOB: "1", "LLAMA_KV_MAX_MIB": str(budget_mib)})
+    with LlamaServer(bin_dir("paged"), model, args, env=env, log_path=tmp_path / "server.log") as srv:
+        with MetricsPoller(srv, ["kv_cache_used_bytes"]) as poll:
+            outcomes = run_concurrently([lambda p=p: srv.complete(p, n_predict) for p in prompts])
+        after = srv.metrics()
+        log = srv.log_tail(400)
+    errors = [detail for kind, detail in outcomes if kind == "error"]
+    assert not errors, errors
+    same = sum(1 for (_, got), want in zip(outcomes, reference) if got["content"] == want)
+    report(f"LLAMA_KV_MAX_MIB={budget_mib} gate-qwen35 -np {n_slots}{' -kvu' if kv_unified else ''}, 4 prompts of ~740 tokens: "
+           f"4 served, {same} of 4 texts as without the budget; {log.count('no room for its prompt yet')} waited for room, "
+           f"caches at most {poll.peak['kv_cache_used_bytes'] / 2**20:.1f} MiB")
+    assert "no room for its prompt yet" in log and "room found, going on" in log, "no request waited: the budget did not bind"
+    assert poll.peak["kv_cache_used_bytes"] <= budget_mib * 2**20 * (1 + 1e-5), (poll.peak, budget_mib)  # 6 digits
+    assert "would take the caches to" not in log, "llama_decode refused a batch the server planned"
+    assert after["kv_budget_bytes"] == pytest.approx(budget_mib * 2**20, rel=1e-5)  # Prometheus text: 6 digits
+    assert after["kv_budget_requests_waiting"] == 0
+    assert after["kv_budget_preemptions_total"] == 0
+    # per-slot KV: a sequence's arithmetic does not depend on the others; unified KV: the placement
+    # of the cells may differ (Bit-exact: per-slot), the text almost never does on these prompts
+    assert same == n_slots if not kv_unified else same >= n_slots - 1, (outcomes, reference)
+
+
+@pytest.mark.parametrize("kv_unified", [True, False], ids=["kvu", "per-slot"])
+def test_when_no_request_can_go_on_the_newest_ends_with_all_it_generated(kv_unified, tmp_path, report):
+    """LLAMA_KV_MAX_MIB (0019): two generations that together outgrow the budget. When neither has
+    room for its next token the newest ends as at its length limit (finish_reason "length", all
+    its text sent) and the older one goes on to its n_predict; the server goes on serving."""
+    n_slots, ctx = 2, 8192
+    args = budget_args(kv_unified, n_slots, ctx)
+    sizes = cache_sizes(tmp_path, args)
+    per_token = sizes["KV"] * 2**20 / ctx
+    per_state = sizes["RS"] * 2**20 / n_slots
+    budget_mib = math.ceil((n_slots * per_state + 1000 * per_token) / 2**20)
+    room = int((budget_mib * 2**20 - n_slots * per_state) / per_token)  # cells, about 1000 or more
+    prompts = server_prompts(n_slots, 60)
+    n_predict = room - 400  # one alone fits; both together do not
     env = builds.run_env("paged", {KNOB: "1", "LLAMA_KV_MAX_MIB": str(budget_mib)})
     with LlamaServer(bin_dir("paged"), gate.MODELS_DIR / "gate-qwen35.gguf", args, env=env,
                      log_path=tmp_path / "server.log") as srv:
-        outcomes = [None] * n_slots
-
-        def one(i):
-            try:
-                outcomes[i] = ("ok", srv.complete(prompts[i], 16))
-            except Exception as e:  # noqa: BLE001 - each outcome is checked below
-                outcomes[i] = ("error", str(e))
-
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(n_slots)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        used = srv.metrics()["kv_cache_used_bytes"]
-        after = srv.complete("a short prompt that fits", 8)
-        log = srv.log_tail(200)
-    n_ok = sum(1 for kind, _ in outcomes if kind == "ok")
+        outcomes = run_concurrently([lambda p=p: srv.complete(p, n_predict, ignore_eos=True) for p in prompts])
+        after = srv.metrics()
+        served = srv.complete("a short prompt after that", 8)
+        log = srv.log_tail(400)
     errors = [detail for kind, detail in outcomes if kind == "error"]
-    report(f"LLAMA_KV_MAX_MIB={budget_mib} gate-qwen35 -np {n_slots} -kvu, 4 prompts of ~740 tokens: {n_ok} served, "
-           f"{len(errors)} failed ({errors[0][:120] if errors else '-'}); then a short request served")
-    assert n_ok < n_slots, "the budget did not bind"
-    for kind, detail in outcomes:
-        assert kind == "ok" or "HTTP" in detail, detail  # an HTTP error answer, not a dropped connection
-    assert used <= budget_mib * 2**20, (used, budget_mib)
-    assert after["content"] is not None
-    assert "LLAMA_KV_MAX_MIB=" in log and "would take the caches to" in log, "the log does not say the budget refused"
+    assert not errors, errors
+    older, newest = (result for _, result in outcomes)
+    report(f"LLAMA_KV_MAX_MIB={budget_mib} ({room} cells) gate-qwen35 -np 2{' -kvu' if kv_unified else ''}, n_predict {n_predict} each: "
+           f"older {older['timings']['predicted_n']} tokens ({older['stop_type']}), newest ended at "
+           f"{newest['timings']['predicted_n']} ({newest['stop_type']}, truncated={newest['truncated']})")
+    assert older["timings"]["predicted_n"] == n_predict
+    assert newest["stop_type"] == "limit" and newest["truncated"], newest
+    assert 0 < newest["timings"]["predicted_n"] < n_predict and newest["content"], newest
+    assert after["kv_budget_preemptions_total"] == 1, after
+    assert "the newest ends here, as at its length limit" in log
+    assert served["content"] is not None
+
+
+def test_a_prompt_the_budget_cannot_hold_fails_at_once(tmp_path, report):
+    """LLAMA_KV_MAX_MIB (0019): a prompt larger than the whole budget would wait for ever; it fails
+    at once with an error that names the knob, and the server goes on."""
+    args = budget_args(True, 2, 16384)
+    sizes = cache_sizes(tmp_path, args)
+    per_token = sizes["KV"] * 2**20 / 16384
+    per_state = sizes["RS"] * 2**20 / 2
+    budget_mib = math.ceil((2 * per_state + 64 * per_token) / 2**20)
+    n_words = int(budget_mib * 2**20 / per_token)  # more tokens than the budget holds
+    env = builds.run_env("paged", {KNOB: "1", "LLAMA_KV_MAX_MIB": str(budget_mib)})
+    with LlamaServer(bin_dir("paged"), gate.MODELS_DIR / "gate-qwen35.gguf", args, env=env,
+                     log_path=tmp_path / "server.log") as srv:
+        with pytest.raises(Exception) as refused:
+            srv.complete(server_prompts(1, n_words)[0], 8)
+        served = srv.complete("a short prompt after that", 8)
+    report(f"LLAMA_KV_MAX_MIB={budget_mib}, a prompt of ~{n_words} words: {str(refused.value)[:160]}")
+    assert f"more than LLAMA_KV_MAX_MIB={budget_mib} allows" in str(refused.value)
+    assert served["content"] is not None
 
 
 @pytest.mark.parametrize("value,message", [
@@ -254,19 +360,30 @@ def stream_and_cancel(port, prompt, n_predict, after_tokens):
 SOAK_S = float(os.environ.get("LLAMA_PAGED_SOAK_S", "25"))
 
 
-@pytest.mark.parametrize("kv_unified", [False, True], ids=["per-slot-KV", "unified-KV"])
-def test_a_soak_of_random_requests_cancellations_and_erases_leaks_nothing(kv_unified, tmp_path, report):
+@pytest.mark.parametrize("kv_unified,budget", [(False, False), (True, False), (True, True)],
+                         ids=["per-slot-KV", "unified-KV", "unified-KV-budget"])
+def test_a_soak_of_random_requests_cancellations_and_erases_leaks_nothing(kv_unified, budget, tmp_path, report):
     """Clients send prompts of random lengths for SOAK_S seconds (LLAMA_PAGED_SOAK_S), cancel some
     streams midway and erase random slots. Every request completes, or fails with an HTTP error
     that says why (none should here); afterwards, the slots erased, the caches hold nothing: no cell, state or block
-    in use, the paged memory back at its idle level, and the server still serves."""
+    in use, the paged memory back at its idle level, and the server still serves. With a budget
+    (LLAMA_KV_MAX_MIB) of about two of the largest requests, requests wait for room; the caches
+    never pass it; a request stopped to make room ends with its text ("length") or an HTTP 503
+    naming the knob."""
     n_slots, n_clients = 4, 6
     args = ["-c", str(n_slots * 2048), "-np", str(n_slots), "-t", str(gate.THREADS), "--metrics",
             "--slot-save-path", str(tmp_path), *(["-kvu"] if kv_unified else [])]
+    knobs = {KNOB: "1"}
+    if budget:
+        sizes = cache_sizes(tmp_path, args)
+        per_token = sizes["KV"] * 2**20 / (n_slots * 2048)
+        per_state = sizes["RS"] * 2**20 / n_slots
+        knobs["LLAMA_KV_MAX_MIB"] = str(math.ceil((n_slots * per_state + 2 * 950 * per_token) / 2**20))
     outcomes = []
     lock = threading.Lock()
     with LlamaServer(bin_dir("paged"), gate.MODELS_DIR / "gate-qwen35.gguf", args,
-                     env=builds.run_env("paged", {KNOB: "1"}), log_path=tmp_path / "server.log") as srv:
+                     env=builds.run_env("paged", knobs), log_path=tmp_path / "server.log") as srv, \
+            MetricsPoller(srv, ["kv_cache_used_bytes"], period_s=0.5) as poll:
         idle = procmem.paged_resident(srv.pid)[0]
         stop_at = time.monotonic() + SOAK_S
 
@@ -287,6 +404,8 @@ def test_a_soak_of_random_requests_cancellations_and_erases_leaks_nothing(kv_uni
                         outcome = "done" if result["timings"]["predicted_n"] >= 1 else f"no token: {result}"
                 except Exception as e:  # noqa: BLE001 - every outcome is checked below
                     outcome = f"exception: {e}"
+                if budget and "503" in outcome and "LLAMA_KV_MAX_MIB" in outcome:
+                    outcome = "stopped"  # to make room for older requests, with a clear error
                 with lock:
                     outcomes.append(outcome)
 
@@ -307,17 +426,24 @@ def test_a_soak_of_random_requests_cancellations_and_erases_leaks_nothing(kv_uni
 
     kinds = {}
     for o in outcomes:
-        key = o if o in ("done", "cancelled", "erased") else "error"
+        key = o if o in ("done", "cancelled", "erased", "stopped") else "error"
         kinds[key] = kinds.get(key, 0) + 1
     mode = "unified" if kv_unified else "per-slot"
-    report(f"{KNOB}=1 soak, gate-qwen35 {mode} KV, {n_slots} slots, {n_clients} clients, {SOAK_S:.0f} s: {kinds}; "
+    mode += " KV"
+    if budget:
+        mode += f" LLAMA_KV_MAX_MIB={knobs['LLAMA_KV_MAX_MIB']} (peak {poll.peak['kv_cache_used_bytes'] / 2**20:.1f} MiB, " \
+                f"{metrics.get('kv_budget_preemptions_total', 0):.0f} stopped to make room)"
+    report(f"{KNOB}=1 soak, gate-qwen35 {mode}, {n_slots} slots, {n_clients} clients, {SOAK_S:.0f} s: {kinds}; "
            f"after the erase: {metrics['kv_cache_cells_used']:.0f} cells, {metrics['recurrent_states_used']:.0f} states, "
            f"{metrics.get('kv_cache_blocks_used', 0):.0f} blocks in use, paged memory {idle / 1024:.1f} -> {erased / 1024:.1f} MiB")
     # the server defers an erase of a busy slot until it is idle: no request may fail here
-    failed = [o for o in outcomes if o not in ("done", "cancelled", "erased")]
+    failed = [o for o in outcomes if o not in ("done", "cancelled", "erased", "stopped")]
     assert not failed, failed[:5]
     assert kinds.get("done", 0) >= n_clients and kinds.get("cancelled", 0) >= 1, kinds
     assert metrics["kv_cache_cells_used"] == 0 and metrics["recurrent_states_used"] == 0, metrics
     assert metrics["kv_cache_used_bytes"] == 0 and metrics.get("kv_cache_blocks_used", 0) == 0, metrics
     assert erased <= idle + 256, (idle, erased)  # KiB: the partial pages at the edges of the caches
     assert after["timings"]["predicted_n"] >= 1
+    if budget:
+        # the Prometheus text has 6 significant digits
+        assert poll.peak["kv_cache_used_bytes"] <= int(knobs["LLAMA_KV_MAX_MIB"]) * 2**20 * (1 + 1e-5), poll.peak
