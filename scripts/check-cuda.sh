@@ -36,18 +36,27 @@ if [ "${#units[@]}" = 0 ]; then
 fi
 mapfile -t units < <(printf '%s\n' "${units[@]}" | sort -u)
 
-if [ ! -f "$build/build.ninja" ]; then
+configure() {
     cmake -S "$src" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
         -DGGML_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc" "-DCMAKE_CUDA_ARCHITECTURES=$archs" \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
         > "$build.configure.log" 2>&1 || { tail -n 30 "$build.configure.log"; echo "check-cuda: configure failed" >&2; exit 1; }
-fi
+}
+[ -f "$build/build.ninja" ] || configure
 
+# the object of each unit; a unit the build tree does not know yet (a file the series adds: the
+# CUDA sources are globbed at configure time) configures once more
 objects=()
-for u in "${units[@]}"; do
-    obj=$(ninja -C "$build" -t targets all | sed -n "s|^\(.*${u##*/}\.o\): .*|\1|p" | head -n 1)
-    [ -n "$obj" ] || { echo "check-cuda: no build rule for $u" >&2; exit 1; }
-    objects+=("$obj")
+for attempt in 1 2; do
+    objects=()
+    missing=""
+    for u in "${units[@]}"; do
+        obj=$(ninja -C "$build" -t targets all | sed -n "s|^\(.*${u##*/}\.o\): .*|\1|p" | head -n 1)
+        if [ -n "$obj" ]; then objects+=("$obj"); else missing="$u"; fi
+    done
+    [ -z "$missing" ] && break
+    [ "$attempt" = 1 ] || { echo "check-cuda: no build rule for $missing" >&2; exit 1; }
+    configure
 done
 echo "check-cuda: compiling ${#objects[@]} unit(s) for sm ${archs}: ${units[*]}"
 ninja -C "$build" -j "$(nproc)" "${objects[@]}"
