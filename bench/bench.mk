@@ -3,6 +3,8 @@
 #   make bench         batched-bench sweep + memory table + the three serving
 #                      workloads, into bench/results/<timestamp>/ (minutes to hours)
 #   make bench-smoke   the same tools on a tiny random model (seconds)
+#   make bench-sweep   the prefill-budget frontier: stock and each budget setting
+#                      on the staggered workload (bench/sweep.py, docs/SCHEDULER.md)
 #
 # Every variable can be overridden on the command line, e.g.
 #   make bench BENCH_REPS=5 BENCH_KNOBS="LLAMA_X=1" BENCH_MODELS="a.gguf b.gguf"
@@ -40,7 +42,15 @@ BENCH_BUILDS = --stock-bin $(STOCK_BIN) --paged-bin $(PAGED_BIN) --knobs "$(BENC
 SMOKE_DIR   ?= bench/results/smoke
 SMOKE_MODEL ?= $(SMOKE_DIR)/llama-dense.gguf
 
-.PHONY: bench bench-smoke
+.PHONY: bench bench-smoke bench-sweep
+
+# The prefill-budget settings of the sweep: static budgets, batch budgets and latency targets.
+BENCH_SWEEP_WORKLOAD ?= bench/workloads/staggered.json
+BENCH_SWEEP_POINTS   ?= LLAMA_PREFILL_BUDGET=32 LLAMA_PREFILL_BUDGET=128 LLAMA_PREFILL_BUDGET=512 \
+                        LLAMA_MAX_BATCH_TOKENS=64 LLAMA_MAX_BATCH_TOKENS=256 \
+                        LLAMA_DECODE_TARGET_MS=250 LLAMA_DECODE_TARGET_MS=500 LLAMA_DECODE_TARGET_MS=1000 \
+                        LLAMA_DECODE_TARGET_MS=2000
+BENCH_SWEEP_REPS     ?= 1
 
 # The models are prerequisites so that the includer's rules can generate them
 # (make bench-models); a model given by path that does not exist and has no rule
@@ -56,6 +66,11 @@ bench: $(BENCH_MODELS) $(BENCH_SERVE_MODEL)
 	  $(BENCH_BUILDS) --threads $(THREADS) --out $(BENCH_OUT)
 	@cat $(BENCH_OUT)/batched.md $(BENCH_OUT)/memory.md $(BENCH_OUT)/loadgen.md > $(BENCH_OUT)/SUMMARY.md
 	@echo; echo "=== bench summary ($(BENCH_OUT)/SUMMARY.md) ==="; cat $(BENCH_OUT)/SUMMARY.md
+
+bench-sweep: $(BENCH_SERVE_MODEL)
+	@echo "bench-sweep: results in $(BENCH_OUT)"
+	$(PYTHON) bench/sweep.py --model $(BENCH_SERVE_MODEL) --workload $(BENCH_SWEEP_WORKLOAD) \
+	  --points $(BENCH_SWEEP_POINTS) --reps $(BENCH_SWEEP_REPS) $(BENCH_BUILDS) --threads $(THREADS) --out $(BENCH_OUT)
 
 # The tiny model is random weights from test-llama-archs (built with the stock
 # configuration): no download, and the tools run for seconds with -t 1.

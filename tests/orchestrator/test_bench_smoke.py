@@ -159,3 +159,29 @@ def test_a_knob_the_paged_build_refuses_stops_before_any_run(builds, tiny_model,
     assert proc.returncode == 2
     assert want in proc.stderr, proc.stderr
     assert "batched:" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sweep_smoke(builds, tiny_model, tmp_path):
+    proc = bench("sweep.py", "--model", tiny_model, "--workload", SMOKE_WORKLOADS / "staggered.json",
+                 "--points", "LLAMA_PREFILL_BUDGET=16", "LLAMA_DECODE_TARGET_MS=5 LLAMA_PREFILL_CAP=8",
+                 *build_args(builds), "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "sweep-staggered.json").read_text())
+    assert [p["label"] for p in result["points"]] == ["stock", "LLAMA_PREFILL_BUDGET=16",
+                                                     "LLAMA_DECODE_TARGET_MS=5 LLAMA_PREFILL_CAP=8"]
+    assert [p["build"] for p in result["points"]] == ["stock", "paged", "paged"]
+    assert result["long_wave"] == 1
+    for point in result["points"]:
+        f = point["figures"]
+        assert f["n_errors"] == 0, point
+        for key in ("max_decode_stall_s", "itl_p99_s", "long_ttft_s", "output_tok_per_s"):
+            assert finite(f[key]) and f[key] > 0, (key, point)
+    # stock runs the stock build without knobs, each point the paged build with its knobs
+    stock_run, = result["runs"]["stock"]
+    budget_run, = result["runs"]["LLAMA_PREFILL_BUDGET=16"]
+    assert stock_run["command"][0].startswith(str(builds["stock"])) and stock_run["knobs"] == {}
+    assert budget_run["command"][0].startswith(str(builds["paged"])) and budget_run["knobs"] == {"LLAMA_PREFILL_BUDGET": "16"}
+    table = (tmp_path / "sweep-staggered.md").read_text()
+    assert "max decode stall (ms)" in table and "LLAMA_PREFILL_BUDGET=16" in table
+    assert_png(tmp_path / "sweep-staggered-stall.png")
+    assert_png(tmp_path / "sweep-staggered-itl-p99.png")
