@@ -1,12 +1,13 @@
 """Greedy-md5 gate: the same greedy run on stock and paged must give the same
 bytes. Used by tests/test_gate_md5.py and runnable by hand:
 
-    /usr/bin/python3 verify/gate.py [--record]   # --record rewrites verify/md5/stock.txt
+    /usr/bin/python3 verify/gate.py [--record]   # --record rewrites verify/md5/stock-<cpu>.txt
 
 A mismatch report names the model, the knobs, both outputs up to and past the
 first differing byte, and the command that reproduces each side.
 """
 import argparse
+import functools
 import hashlib
 import os
 import pathlib
@@ -23,7 +24,12 @@ from harness.prompts import gate_words  # noqa: E402
 
 ROOT = paths.ROOT
 MODELS_DIR = paths.models_dir()
-RECORDED = ROOT / "verify" / "md5" / "stock.txt"
+# Stock's canonical md5s. The CPU kernels, and with them the last bits of an output (the MoE
+# models' mostly), depend on the CPU features the build uses: a machine whose features have a file
+# of their own (stock-<hash>.txt, its "# cpu:" line names them) uses it, any other stock.txt.
+RECORDED_DIR = ROOT / "verify" / "md5"
+RECORDED = RECORDED_DIR / "stock.txt"
+CPU_LINE = re.compile(r"\| CPU : (.*?)\s*$", re.M)
 
 GATE_MODELS = ["gate-llama", "gate-qwen3", "gate-qwen3moe", "gate-qwen35", "gate-qwen35moe", "gate-qwen3next"]
 
@@ -138,10 +144,30 @@ def case_key(model, fa, prompt_name):
     return f"{model} fa={fa} prompt={prompt_name}"
 
 
-def load_recorded():
+@functools.lru_cache(maxsize=None)
+def cpu_features(bin_dir):
+    """The CPU features the build's kernels use, from its system_info line: 'SSE3 SSSE3 AVX ...'."""
+    cmd = completion_cmd(bin_dir, MODELS_DIR / "gate-llama.gguf", PROMPTS["short"], "on")
+    proc = run_completion(cmd)
+    m = CPU_LINE.search(proc.stderr.decode(errors="replace"))
+    if proc.returncode != 0 or not m:
+        raise RunError(f"{shell_line(cmd, {})}: no CPU features in its system_info line")
+    pairs = [item.split("=") for item in m.group(1).split("|") if "=" in item]
+    return " ".join(name.strip() for name, value in pairs if value.strip() == "1")
+
+
+def recorded_path(bin_dir, for_writing=False):
+    """The md5 file of the CPU features of this build (for_writing: even if it does not exist yet)."""
+    features = cpu_features(str(bin_dir))
+    own = RECORDED_DIR / f"stock-{hashlib.sha1(features.encode()).hexdigest()[:8]}.txt"
+    return own if for_writing or own.exists() else RECORDED
+
+
+def load_recorded(bin_dir=None):
     out = {}
-    if RECORDED.exists():
-        for line in RECORDED.read_text().splitlines():
+    path = recorded_path(bin_dir or paths.bin_dir("stock"))
+    if path.exists():
+        for line in path.read_text().splitlines():
             if line and not line.startswith("#"):
                 key, digest = line.rsplit(" ", 1)
                 out[key] = digest
@@ -149,14 +175,16 @@ def load_recorded():
 
 
 def record(stock_bin):
+    path = recorded_path(stock_bin, for_writing=True)
     lines = ["# Canonical greedy md5s of stock llama.cpp on the gate models.",
-             "# Regenerate with: /usr/bin/python3 verify/gate.py --record (only after reading why they changed)."]
+             "# Regenerate with: /usr/bin/python3 verify/gate.py --record (only after reading why they changed).",
+             f"# cpu: {cpu_features(str(stock_bin))}"]
     for model, fa, prompt_name in cases():
         out = run_greedy(stock_bin, MODELS_DIR / f"{model}.gguf", PROMPTS[prompt_name], fa)
         lines.append(f"{case_key(model, fa, prompt_name)} {md5(out)}")
-    RECORDED.parent.mkdir(parents=True, exist_ok=True)
-    RECORDED.write_text("\n".join(lines) + "\n")
-    print(f"recorded {len(lines) - 2} md5s in {RECORDED}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    print(f"recorded {len(lines) - 3} md5s in {path}")
 
 
 def main():
@@ -168,7 +196,7 @@ def main():
     if args.record:
         record(args.stock_bin)
         return 0
-    recorded = load_recorded()
+    recorded = load_recorded(args.stock_bin)
     failures = 0
     for model, fa, prompt_name in cases():
         path = MODELS_DIR / f"{model}.gguf"

@@ -44,11 +44,13 @@ def test_gate_models_are_deterministic():
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_stock_matches_recorded_md5(case):
     recorded = gate.load_recorded()
+    path = gate.recorded_path(bin_dir("stock"))
     key = gate.case_key(*case)
-    assert key in recorded, f"no canonical md5 recorded for {key}"
+    assert key in recorded, f"no canonical md5 recorded for {key} in {path}"
     got = gate.md5(greedy("stock", *case))
-    assert got == recorded[key], (f"stock output changed for {key}: {got} != recorded {recorded[key]} "
-                                  f"(pin or flags changed?); reproduce: {reproduce('stock', *case)}")
+    assert got == recorded[key], (f"stock output changed for {key}: {got} != recorded {recorded[key]} in {path} "
+                                  f"(CPU features {gate.cpu_features(str(bin_dir('stock')))}; pin or flags changed?); "
+                                  f"reproduce: {reproduce('stock', *case)}")
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

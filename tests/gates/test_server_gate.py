@@ -44,6 +44,12 @@ AGREEMENT_MIN = 0.5
 # a wrong cell (another sequence's token, a lost write) moves them by tenths at once.
 PER_SLOT_AGREEMENT_MIN = 0.8
 PER_SLOT_LOGPROB_MAX = 0.05
+# On a mixture of experts a last-bit change of a hidden state can also swap two experts whose
+# router scores tie within rounding: one discrete change, after which the request's logprobs
+# drift. Measured on the AVX2 kernels of the CI machine (AMD EPYC, no AVX-512): gate-qwen3moe,
+# unified KV, 97.5% agreement, identical to 0.005 up to token 4 of one request, then 0.147 there
+# and <= 0.07 after (docs/VERIFY.md). A wrong cell still breaks agreement at the first token.
+PER_SLOT_LOGPROB_MAX_MOE = 0.25
 
 
 def complete_together(srv, prompts):
@@ -170,10 +176,11 @@ def test_paged_server_with_each_knob(knob, model, kv_unified, report):
     assert share >= AGREEMENT_MIN, (f"{knob.name} {model} {mode_name(kv_unified)}: token agreement {share:.1%} "
                                     f"< {AGREEMENT_MIN:.0%} ({paged_cmd})")
     if knob.bit_exact_per_slot:
-        assert share >= PER_SLOT_AGREEMENT_MIN and max_diff <= PER_SLOT_LOGPROB_MAX, (
+        logprob_max = PER_SLOT_LOGPROB_MAX_MOE if "moe" in model else PER_SLOT_LOGPROB_MAX
+        assert share >= PER_SLOT_AGREEMENT_MIN and max_diff <= logprob_max, (
             f"{knob.name} {model} unified KV (Bit-exact: per-slot, so only the order of sums may change): token "
             f"agreement {share:.1%} (at least {PER_SLOT_AGREEMENT_MIN:.0%}), largest logprob difference {max_diff:.3g} "
-            f"(at most {PER_SLOT_LOGPROB_MAX}) ({paged_cmd})")
+            f"(at most {logprob_max}) ({paged_cmd})")
 
 
 @pytest.mark.parametrize("config", ["stock", "paged"])
