@@ -81,15 +81,17 @@ def command(bin_dir, model, args, ctx, npl):
 def run_once(cmd, env, log_path, timeout):
     """One llama-batched-bench run -> its jsonl rows. stderr goes to log_path,
     which is kept (and named in the error) only when the run fails. Everything it
-    prints, rows included, goes through common_log: a run that printed nothing at
-    all lost its output (harness.runs) and is repeated."""
-    def printed_something(proc):
-        return bool(proc.stdout) or pathlib.Path(log_path).stat().st_size > 0
+    prints, rows included, goes through common_log, which can lose the end of it
+    (harness.runs): the tool's last write to stdout is an empty line after the rows,
+    so a run whose stdout does not end in that line is repeated. (A warning on
+    stderr says nothing: it is written before the rows.)"""
+    def printed_everything(proc):
+        return proc.stdout == "\n" or proc.stdout.endswith("\n\n")
 
     start = time.monotonic()
     with open(log_path, "w") as log:
         try:
-            proc = runs.run_complete(cmd, printed_something, stdout=subprocess.PIPE, stderr=log, text=True,
+            proc = runs.run_complete(cmd, printed_everything, stdout=subprocess.PIPE, stderr=log, text=True,
                                      env=env, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise HarnessError(f"{TOOL} timed out after {timeout:.0f}s; log kept at {log_path}") from None

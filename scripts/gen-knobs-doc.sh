@@ -35,8 +35,11 @@ cat <<'HEAD'
 
 Every behaviour the series adds is behind an environment variable and off by
 default; with no knob set, the paged build's output is byte-identical to
-stock (the greedy-md5 gate proves it on every build). A knob set to a value it
-does not accept stops the program with a message naming the knob.
+stock (the greedy-md5 and server gates prove it on every build). The one
+exception is a fix that changes no answer, only when one is given:
+LLAMA_REQUEUE_DEFERRED (paged/0027, a queue that could leave a request waiting
+for ever) is on by default, and =0 restores stock's queue. A knob set to a
+value it does not accept stops the program with a message naming the knob.
 
 | Knob | Default | Bit-exact | Backends | Patch |
 |---|---|---|---|---|
