@@ -147,6 +147,13 @@ def plot(workload, runs, out_dir):
                    [(b, [r["ttft_s"] for r in reqs[b]]) for b in runs])
     plots.cdf_plot(out_dir / f"loadgen-{name}-itl.png", f"{name}: inter-token latency", "ITL (s)",
                    [(b, [g for r in reqs[b] for g in r["itl_s"]]) for b in runs])
+    # per request, in plan order: where the time to the first token went, and what was reused
+    plots.line_plot(out_dir / f"loadgen-{name}-ttft-per-request.png", f"{name}: time to first token per request",
+                    "request (plan order)", "TTFT (s)",
+                    [(b, list(range(len(reqs[b]))), [r["ttft_s"] for r in reqs[b]], None) for b in runs])
+    plots.line_plot(out_dir / f"loadgen-{name}-reused.png", f"{name}: prompt tokens reused per request",
+                    "request (plan order)", "prompt tokens reused (cache_n)",
+                    [(b, list(range(len(reqs[b]))), [r["cache_n"] for r in reqs[b]], None) for b in runs])
 
 
 def main(argv=None):

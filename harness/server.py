@@ -52,6 +52,18 @@ def http_get_json(port, path, timeout=5.0):
         conn.close()
 
 
+def server_refusal(binary_dir, model, knobs, args=("-c", "4096", "-np", "2"), threads=2, timeout=120):
+    """The output (stdout and stderr) of a llama-server started with knobs in its environment,
+    which must refuse to start: it must exit with an error before it serves."""
+    cmd = [str(pathlib.Path(binary_dir) / "llama-server"), "-m", str(model), "--port", str(free_port()),
+           "-t", str(threads), *args]
+    proc = subprocess.run(cmd, env={**os.environ, **knobs}, capture_output=True, stdin=subprocess.DEVNULL,
+                          timeout=timeout)
+    if proc.returncode == 0:
+        raise HarnessError(f"llama-server accepted {knobs}: {' '.join(cmd)}")
+    return proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace")
+
+
 def log_tail(path, lines=25):
     try:
         return "\n".join(pathlib.Path(path).read_text(errors="replace").splitlines()[-lines:])

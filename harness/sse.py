@@ -72,3 +72,31 @@ def stream_completion(port, body, t0, timeout=900.0, on_tokens=None):
     if rec["error"] is None and rec["timings"] is None:
         rec["error"] = "stream ended without a final event carrying timings"
     return rec
+
+
+def stream_and_cancel(port, body, after_tokens, timeout=300.0):
+    """A streaming /completion of body whose client goes away after after_tokens tokens (as a user
+    who closes the tab). "cancelled", "done" (it ended first) or an error string."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("POST", "/completion", body=json.dumps({**body, "stream": True}),
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            return f"HTTP {resp.status}: {resp.read()[:300].decode(errors='replace')}"
+        seen = 0
+        while True:
+            line = resp.readline()
+            if not line:
+                return "done"
+            if line.startswith(b"data: "):
+                event = json.loads(line[len(b"data: "):])
+                if "error" in event:
+                    return f"error event: {event['error']}"
+                if event.get("stop"):
+                    return "done"
+                seen += 1
+                if seen >= after_tokens:
+                    return "cancelled"
+    finally:
+        conn.close()

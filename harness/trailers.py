@@ -11,6 +11,9 @@ Trailers (scripts/trailers.txt lists them):
   Tests: a, b              what covers the patch: a C++ test the series adds (test-x) or a
                            pytest path under tests/ (file.py or file.py::test_name)
   Recommended: yes         'make serve' turns the knob on
+  Requires: kv-unified, attention-only
+                           what the knob needs, from a fixed list (REQUIREMENTS); elsewhere the
+                           server refuses to start, naming the knob, and the gates check that it does
 """
 import dataclasses
 import pathlib
@@ -82,6 +85,7 @@ class Knob:
     bit_exact: bool     # its Bit-exact: trailer starts with "yes"
     bit_exact_per_slot: bool  # ... with "yes" or "per-slot"
     recommended: bool   # its Recommended: trailer says yes ('make serve' sets it)
+    requires: tuple = ()  # the items of its Requires: trailer (REQUIREMENTS)
 
     @property
     def name(self):
@@ -89,6 +93,19 @@ class Knob:
 
 
 KNOB_SETTING = re.compile(r"\b([A-Z][A-Z0-9_]+)=(\S+)")
+
+# What a knob may require (Requires: trailer): a unified KV cache (-kvu), or a model without
+# recurrent layers and without sliding-window attention.
+REQUIREMENTS = ("kv-unified", "attention-only")
+
+
+def requirements_of(trailers):
+    """The items of a Requires: trailer; an unknown one is an error, not a requirement ignored."""
+    items = [item.strip() for value in trailers.get("Requires", []) for item in value.split(",") if item.strip()]
+    unknown = [item for item in items if item not in REQUIREMENTS]
+    if unknown:
+        raise ValueError(f"unknown Requires: {', '.join(unknown)} (known: {', '.join(REQUIREMENTS)})")
+    return tuple(items)
 
 
 def runtime_knobs():
@@ -108,16 +125,18 @@ def runtime_knobs():
         bit_exact = any(v.lower().startswith("yes") for v in t.get("Bit-exact", []))
         per_slot = bit_exact or any(v.lower().startswith("per-slot") for v in t.get("Bit-exact", []))
         recommended = any(v.lower().startswith("yes") for v in t.get("Recommended", []))
+        requires = requirements_of(t)
         key = tuple(sorted(env.items()))
         if key in found:
             first = found[key]
             found[key] = Knob(patch=f"{first.patch}+{patch.name[:4]}", env=first.env,
                               bit_exact=first.bit_exact and bit_exact,
                               bit_exact_per_slot=first.bit_exact_per_slot and per_slot,
-                              recommended=first.recommended or recommended)
+                              recommended=first.recommended or recommended,
+                              requires=tuple(dict.fromkeys(first.requires + requires)))
         else:
             found[key] = Knob(patch=patch.name, env=env, bit_exact=bit_exact, bit_exact_per_slot=per_slot,
-                              recommended=recommended)
+                              recommended=recommended, requires=requires)
     return list(found.values())
 
 

@@ -32,6 +32,8 @@ RECORDED = RECORDED_DIR / "stock.txt"
 CPU_LINE = re.compile(r"\| CPU : (.*?)\s*$", re.M)
 
 GATE_MODELS = ["gate-llama", "gate-qwen3", "gate-qwen3moe", "gate-qwen35", "gate-qwen35moe", "gate-qwen3next"]
+# the gate models with recurrent (gated delta net) layers next to their attention layers
+HYBRID_GATE_MODELS = ["gate-qwen35", "gate-qwen35moe", "gate-qwen3next"]
 
 # Fixed batch shape and threads: kernel choice depends on them.
 THREADS = 2

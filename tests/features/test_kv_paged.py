@@ -3,8 +3,6 @@ physical memory only where they are written and give it back when their sequence
 greedy-md5 and server gates run the knob on every gate model against stock (bit-exact per slot);
 this file checks the memory itself, what /metrics says of it, the block placement, the budget
 (LLAMA_KV_MAX_MIB), a soak of random requests, and the knobs' bad values."""
-import http.client
-import json
 import math
 import os
 import random
@@ -15,7 +13,7 @@ import time
 import pytest
 
 from conftest import bin_dir
-from harness import builds, procmem, server_log
+from harness import builds, procmem, server_log, sse
 from harness.prompts import gate_words
 from harness.server import LlamaServer
 from verify import gate
@@ -329,32 +327,8 @@ def test_a_block_size_without_paged_caches_is_a_clear_error():
 
 
 def stream_and_cancel(port, prompt, n_predict, after_tokens):
-    """A streaming /completion whose client goes away after after_tokens tokens (as a user who
-    closes the tab). "cancelled", "done" (it ended first) or an error string."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-    try:
-        conn.request("POST", "/completion", body=json.dumps({"prompt": prompt, "n_predict": n_predict, "stream": True,
-                                                             "temperature": 0, "cache_prompt": True}),
-                     headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        if resp.status != 200:
-            return f"HTTP {resp.status}: {resp.read()[:300].decode(errors='replace')}"
-        seen = 0
-        while True:
-            line = resp.readline()
-            if not line:
-                return "done"
-            if line.startswith(b"data: "):
-                event = json.loads(line[len(b"data: "):])
-                if "error" in event:
-                    return f"error event: {event['error']}"
-                if event.get("stop"):
-                    return "done"
-                seen += 1
-                if seen >= after_tokens:
-                    return "cancelled"
-    finally:
-        conn.close()
+    return sse.stream_and_cancel(port, {"prompt": prompt, "n_predict": n_predict, "temperature": 0, "cache_prompt": True},
+                                 after_tokens)
 
 
 SOAK_S = float(os.environ.get("LLAMA_PAGED_SOAK_S", "25"))

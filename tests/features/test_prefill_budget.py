@@ -5,9 +5,7 @@ decoders keep producing tokens, the answers agree with stock's, context checkpoi
 stock puts them, and bad values stop the server with a message naming the knob. The policy's edge
 cases are test-server-prefill-budget's (C++); the greedy-md5 and server gates run the knobs of
 the trailers on every gate model."""
-import os
 import re
-import subprocess
 import threading
 import time
 
@@ -15,8 +13,9 @@ import pytest
 
 from conftest import bin_dir
 from harness import builds
+from harness import server as harness_server
 from harness.prompts import gate_words
-from harness.server import LlamaServer, free_port
+from harness.server import LlamaServer
 from verify import gate
 
 pytestmark = pytest.mark.build
@@ -29,11 +28,7 @@ N_BATCH = 2048  # llama-server's default -b
 
 def server_refusal(knobs):
     """The output of llama-server started with knobs, which must stop with an error."""
-    cmd = [str(bin_dir("paged") / "llama-server"), "-m", str(gate.MODELS_DIR / f"{MODEL}.gguf"),
-           "--port", str(free_port()), "-c", "4096", "-np", "2", "-t", str(gate.THREADS)]
-    proc = subprocess.run(cmd, env={**os.environ, **knobs}, capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
-    assert proc.returncode != 0, f"llama-server accepted {knobs}"
-    return proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace")
+    return harness_server.server_refusal(bin_dir("paged"), gate.MODELS_DIR / f"{MODEL}.gguf", knobs, threads=gate.THREADS)
 
 
 @pytest.mark.parametrize("knob,what,top", [

@@ -24,6 +24,10 @@ def greedy(config, model, fa, prompt_name, knob_items=()):
     return gate.run_greedy(bin_dir(config), path, gate.PROMPTS[prompt_name], fa, dict(knob_items))
 
 
+# the canonical md5s of this CPU's stock build, read once for every case
+recorded_md5s = functools.lru_cache(maxsize=None)(gate.load_recorded)
+
+
 def reproduce(config, model, fa, prompt_name, knob_items=()):
     cmd = gate.completion_cmd(bin_dir(config), gate.MODELS_DIR / f"{model}.gguf", gate.PROMPTS[prompt_name], fa)
     return gate.shell_line(cmd, dict(knob_items))
@@ -43,7 +47,7 @@ def test_gate_models_are_deterministic():
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_stock_matches_recorded_md5(case):
-    recorded = gate.load_recorded()
+    recorded = recorded_md5s()
     path = gate.recorded_path(bin_dir("stock"))
     key = gate.case_key(*case)
     assert key in recorded, f"no canonical md5 recorded for {key} in {path}"

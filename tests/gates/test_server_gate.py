@@ -21,7 +21,7 @@ from conftest import bin_dir
 from harness import builds, trailers
 from harness.errors import HarnessError
 from harness.prompts import gate_words
-from harness.server import LlamaServer, free_port
+from harness.server import LlamaServer, free_port, server_refusal
 from verify import gate
 
 pytestmark = pytest.mark.build
@@ -94,12 +94,23 @@ def schedule(srv):
     return out
 
 
+def server_args(kv_unified):
+    return ["-np", str(N_SLOTS), "-c", str(N_SLOTS * 1024), "-b", "256", "-ub", "64"] + (["-kvu"] if kv_unified else [])
+
+
+def unmet_requirements(knob, model, kv_unified):
+    """The items of the knob's Requires: trailer that this model and KV mode do not meet."""
+    unmet = []
+    if "kv-unified" in knob.requires and not kv_unified:
+        unmet.append("kv-unified")
+    if "attention-only" in knob.requires and model in gate.HYBRID_GATE_MODELS:
+        unmet.append("attention-only")
+    return unmet
+
+
 @functools.lru_cache(maxsize=None)
 def serve_and_run(config, model, kv_unified, knob_items=()):
-    args = ["-np", str(N_SLOTS), "-c", str(N_SLOTS * 1024), "-t", str(gate.THREADS), "-b", "256", "-ub", "64",
-            "--metrics", "--slot-save-path", str(SLOT_DIR)]
-    if kv_unified:
-        args.append("-kvu")
+    args = server_args(kv_unified) + ["-t", str(gate.THREADS), "--metrics", "--slot-save-path", str(SLOT_DIR)]
     env = builds.run_env(config, dict(knob_items))
     with LlamaServer(bin_dir(config), gate.MODELS_DIR / f"{model}.gguf", args, env=env,
                      keep_dir=LOG_DIR, label=config) as srv:
@@ -160,6 +171,16 @@ def test_paged_server_answers_like_stock(model, kv_unified):
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("knob", KNOBS, ids=[k.name for k in KNOBS])
 def test_paged_server_with_each_knob(knob, model, kv_unified, report):
+    unmet = unmet_requirements(knob, model, kv_unified)
+    if unmet:
+        # what the knob cannot serve it must refuse, naming itself, rather than serve otherwise
+        out = server_refusal(bin_dir("paged"), gate.MODELS_DIR / f"{model}.gguf", knob.env,
+                             args=server_args(kv_unified), threads=gate.THREADS)
+        assert any(name in out for name in knob.env), (
+            f"{knob.name} {model} {mode_name(kv_unified)} (needs {', '.join(unmet)}): the refusal does not name the knob:\n"
+            f"{out[-2000:]}")
+        report(f"server gate {knob.name} {model} {mode_name(kv_unified)}: refused (needs {', '.join(unmet)})")
+        return
     stock, stock_cmd = serve_and_run("stock", model, kv_unified)
     paged, paged_cmd = serve_and_run("paged", model, kv_unified, tuple(sorted(knob.env.items())))
     if knob.bit_exact or (knob.bit_exact_per_slot and not kv_unified):

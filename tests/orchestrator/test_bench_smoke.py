@@ -135,6 +135,8 @@ def test_loadgen_smoke(builds, tiny_model, tmp_path):
         assert "paged/stock" in (tmp_path / f"loadgen-{name}.md").read_text()
         assert_png(tmp_path / f"loadgen-{name}-ttft.png")
         assert_png(tmp_path / f"loadgen-{name}-itl.png")
+        assert_png(tmp_path / f"loadgen-{name}-ttft-per-request.png")
+        assert_png(tmp_path / f"loadgen-{name}-reused.png")
     assert (tmp_path / "loadgen.md").is_file()
 
 

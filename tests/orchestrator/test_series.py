@@ -31,7 +31,7 @@ def test_every_patch_has_the_required_trailers_and_tests_that_exist():
 def test_the_trailer_list_is_read_not_repeated():
     names = trailers.trailer_names("required")
     assert {"Knob", "Default", "Bit-exact", "Backends", "Measured", "Tests", "Upstream"} <= set(names)
-    assert trailers.trailer_names("optional") == ["Recommended"]
+    assert trailers.trailer_names("optional") == ["Recommended", "Requires"]
     # no script carries its own copy of the list
     for script in (ROOT / "scripts").glob("*.sh"):
         assert "Bit-exact Backends" not in script.read_text(), f"{script.name} repeats the trailer list"
@@ -74,3 +74,9 @@ def test_serve_knobs_come_from_the_recommended_trailers():
                check=True)
     assert proc.stdout.split() == want
     assert "LLAMA_GDN" not in (ROOT / "scripts" / "serve.sh").read_text(), "serve.sh names a knob itself"
+
+
+def test_an_unknown_requirement_is_an_error_not_ignored():
+    assert trailers.requirements_of({"Requires": ["kv-unified, attention-only"]}) == ("kv-unified", "attention-only")
+    with pytest.raises(ValueError, match="unknown Requires: gpu-only"):
+        trailers.requirements_of({"Requires": ["kv-unified, gpu-only"]})
