@@ -27,7 +27,7 @@ BENCH_NTG    ?= 128
 BENCH_NPL    ?= 1,4,8,16,32
 # -c:-np pairs for the memory table.
 BENCH_MEM_CONFIGS ?= 4096:1,32768:8,65536:8
-BENCH_WORKLOADS   ?= bench/workloads/shared_prefix.json bench/workloads/system_prompt.json bench/workloads/staggered.json bench/workloads/burst.json
+BENCH_WORKLOADS   ?= bench/workloads/shared_prefix.json bench/workloads/system_prompt.json bench/workloads/chat.json bench/workloads/staggered.json bench/workloads/burst.json
 # The serving benchmarks use one model: the first of BENCH_MODELS.
 BENCH_SERVE_MODEL ?= $(firstword $(BENCH_MODELS))
 

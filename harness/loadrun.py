@@ -33,10 +33,15 @@ def execute(port, workload, waves):
     threads = []
 
     def worker(req):
-        rec = stream_completion(port, request_body(workload, req), t0,
+        prompt = req["prompt"]
+        if "continues" in req:
+            # a chat's next turn: the conversation so far (its wave ended before this one began)
+            earlier = records[req["continues"]]
+            prompt = earlier["prompt_sent"] + earlier.get("content", "") + " " + prompt
+        rec = stream_completion(port, request_body(workload, dict(req, prompt=prompt)), t0,
                                 timeout=workload["request_timeout_s"])
         rec.update(id=req["id"], wave=req["wave"], has_prefix=req["has_prefix"],
-                   approx_tokens=req["approx_tokens"], n_predict=req["n_predict"])
+                   approx_tokens=req["approx_tokens"], n_predict=req["n_predict"], prompt_sent=prompt)
         records[req["id"]] = rec
 
     for wave in waves:

@@ -16,7 +16,7 @@ REQUEST_KEYS = {"n_requests", "arrival", "prompt_tokens", "shared_prefix_tokens"
                 "shared_prefix_fraction", "n_predict"}
 TOP_KEYS = REQUEST_KEYS | {"name", "description", "n_slots", "ctx", "seed", "ignore_eos",
                            "server_args", "request_timeout_s", "waves"}
-WAVE_KEYS = REQUEST_KEYS | {"name", "start_s", "reuse_prompts_from_wave"}
+WAVE_KEYS = REQUEST_KEYS | {"name", "start_s", "reuse_prompts_from_wave", "continue_from_wave"}
 ARRIVAL_KEYS = {"all_at_once": {"type"}, "staggered": {"type", "interval_s"},
                 "poisson": {"type", "rate", "seed"}}
 REQUIRED_PER_WAVE = ("n_requests", "prompt_tokens", "n_predict")
@@ -148,6 +148,15 @@ def validate(data, where="workload"):
                 _fail(wwhere, f"{', '.join(clash)} cannot be combined with 'reuse_prompts_from_wave' "
                               "(the prompts are the earlier wave's)")
             wave.setdefault("prompt_tokens", 1)  # unused: prompts are copied
+        if "continue_from_wave" in raw:
+            src = raw["continue_from_wave"]
+            if isinstance(src, bool) or not isinstance(src, int) or not 0 <= src < i:
+                _fail(wwhere, f"'continue_from_wave' must be the index of an earlier wave, got {src!r}")
+            clash = sorted({"reuse_prompts_from_wave", "shared_prefix_tokens", "shared_prefix_fraction", "start_s"} & set(raw))
+            if clash:
+                _fail(wwhere, f"{', '.join(clash)} cannot be combined with 'continue_from_wave' (a next turn starts "
+                              "with the earlier turn's prompt and answer, once that turn has ended)")
+            wave["shared_prefix_tokens"] = 0  # the conversation so far is the shared part
         for key in REQUIRED_PER_WAVE:
             if key not in wave:
                 _fail(wwhere, f"missing '{key}' (set it in the wave or at the top level)")
@@ -212,6 +221,18 @@ def plan(workload):
     for wi, wave in enumerate(workload["waves"]):
         offsets = _offsets(wave["arrival"], wave["n_requests"], wi)
         requests = []
+        if "continue_from_wave" in wave:
+            # a chat's next turn: the earlier turn's prompt and answer (known when it ended, see
+            # loadrun.execute) and a new message of prompt_tokens
+            source = waves_out[wave["continue_from_wave"]]["requests"]
+            for i, tail_len in enumerate(_tail_lengths(wave, seed, wi)):
+                src = source[i % len(source)]
+                requests.append({"id": f"w{wi}r{i}", "wave": wi, "offset_s": offsets[i],
+                                 "prompt": prompts.unique_prompt(seed, wi, i, tail_len), "continues": src["id"],
+                                 "n_predict": wave["n_predict"], "has_prefix": True,
+                                 "approx_tokens": src["approx_tokens"] + src["n_predict"] + tail_len})
+            waves_out.append({"name": wave["name"], "start_s": None, "requests": requests})
+            continue
         if "reuse_prompts_from_wave" in wave:
             source = waves_out[wave["reuse_prompts_from_wave"]]["requests"]
             shapes = [(source[i % len(source)]["prompt"], source[i % len(source)]["has_prefix"],

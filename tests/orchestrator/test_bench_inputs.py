@@ -84,3 +84,25 @@ def test_no_interpreter_with_matplotlib_is_an_error_before_any_run(tmp_path):
     assert proc.returncode == 2
     assert "matplotlib is missing in" in proc.stderr and "/usr/bin/python3" in proc.stderr, proc.stderr
     assert "batched:" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_chat_turn_continues_its_conversation():
+    waves = wl.plan(wl.load(BENCH / "workloads" / "chat.json"))
+    first, second = waves[0]["requests"], waves[1]["requests"]
+    assert [r["continues"] for r in second] == [r["id"] for r in first]
+    assert all(w["start_s"] is None for w in waves[1:])  # a turn starts when the last one has ended
+    assert second[0]["approx_tokens"] > first[0]["approx_tokens"] + first[0]["n_predict"]
+
+
+@pytest.mark.parametrize("wave,message", [
+    ({"n_requests": 1, "prompt_tokens": 4, "continue_from_wave": 1}, "must be the index of an earlier wave"),
+    ({"n_requests": 1, "prompt_tokens": 4, "continue_from_wave": 0, "shared_prefix_tokens": 8},
+     "shared_prefix_tokens cannot be combined with 'continue_from_wave'"),
+    ({"n_requests": 1, "prompt_tokens": 4, "continue_from_wave": 0, "start_s": 1.0},
+     "start_s cannot be combined with 'continue_from_wave'"),
+])
+def test_a_bad_continuation_is_an_error(wave, message):
+    data = {"n_slots": 1, "ctx": 512, "n_predict": 4,
+            "waves": [{"n_requests": 1, "prompt_tokens": 4}, wave]}
+    with pytest.raises(Exception, match=message):
+        wl.validate(data, where="test")

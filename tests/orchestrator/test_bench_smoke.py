@@ -107,7 +107,8 @@ def test_memory_smoke(builds, tiny_model, tmp_path):
 
 def test_loadgen_smoke(builds, tiny_model, tmp_path):
     proc = bench("loadgen.py", "--model", tiny_model, "--workload", SMOKE_WORKLOADS / "burst.json",
-                 SMOKE_WORKLOADS / "shared_prefix.json", *build_args(builds), "--out", tmp_path)
+                 SMOKE_WORKLOADS / "shared_prefix.json", SMOKE_WORKLOADS / "chat.json", *build_args(builds),
+                 "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
 
     burst = json.loads((tmp_path / "loadgen-burst.json").read_text())
@@ -131,7 +132,15 @@ def test_loadgen_smoke(builds, tiny_model, tmp_path):
     waves = shared["runs"]["stock"]["metrics"]["waves"]
     assert waves[0]["prompt_tokens_reused"] == 0 and waves[1]["prompt_tokens_reused"] > 0, waves
 
-    for name in ("burst", "shared_prefix"):
+    # A chat's second turn sends the first turn's prompt and answer, which the slot holds.
+    chat = json.loads((tmp_path / "loadgen-chat.json").read_text())
+    for build in ("stock", "paged"):
+        first, second = chat["runs"][build]["requests"][:2], chat["runs"][build]["requests"][2:]
+        for a, b in zip(first, second):
+            assert b["prompt_sent"].startswith(a["prompt_sent"] + a["content"]), (a["prompt_sent"], b["prompt_sent"])
+            assert b["error"] is None and b["cache_n"] > 0, b
+
+    for name in ("burst", "shared_prefix", "chat"):
         assert "paged/stock" in (tmp_path / f"loadgen-{name}.md").read_text()
         assert_png(tmp_path / f"loadgen-{name}-ttft.png")
         assert_png(tmp_path / f"loadgen-{name}-itl.png")
