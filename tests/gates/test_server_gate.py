@@ -176,7 +176,7 @@ def test_paged_server_with_each_knob(knob, model, kv_unified, report):
         # what the knob cannot serve it must refuse, naming itself, rather than serve otherwise
         out = server_refusal(bin_dir("paged"), gate.MODELS_DIR / f"{model}.gguf", knob.env,
                              args=server_args(kv_unified), threads=gate.THREADS)
-        assert any(name in out for name in knob.env), (
+        assert any(f"{name}={value}" in out for name, value in knob.env.items()), (
             f"{knob.name} {model} {mode_name(kv_unified)} (needs {', '.join(unmet)}): the refusal does not name the knob:\n"
             f"{out[-2000:]}")
         report(f"server gate {knob.name} {model} {mode_name(kv_unified)}: refused (needs {', '.join(unmet)})")
