@@ -35,6 +35,19 @@ GATE_MODELS = ["gate-llama", "gate-qwen3", "gate-qwen3moe", "gate-qwen35", "gate
 # the gate models with recurrent (gated delta net) layers next to their attention layers
 HYBRID_GATE_MODELS = ["gate-qwen35", "gate-qwen35moe", "gate-qwen3next"]
 
+
+def order_of_sums_logprob_max(model):
+    """The largest log-probability difference from stock allowed where a change only makes
+    attention add the same terms in another order (cells placed elsewhere in a unified cache,
+    cells computed in another batch). On the gate models those last-bit changes move a
+    log-probability by at most 0.007 (docs/VERIFY.md); a wrong cell (another sequence's token, a
+    lost write) moves it by tenths at once. On a mixture of experts a last-bit change of a hidden
+    state can also swap two experts whose router scores tie within rounding: one discrete change,
+    after which the request's logprobs drift. Measured on the AVX2 kernels of the CI machine (AMD
+    EPYC, no AVX-512): gate-qwen3moe, unified KV, 97.5% agreement, identical to 0.005 up to token
+    4 of one request, then 0.147 there and <= 0.07 after (docs/VERIFY.md)."""
+    return 0.25 if "moe" in model else 0.05
+
 # Fixed batch shape and threads: kernel choice depends on them.
 THREADS = 2
 BATCH = 256

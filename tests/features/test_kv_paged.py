@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import bin_dir
-from harness import builds, procmem, server_log, sse
+from harness import builds, procmem, server_log, soak, sse
 from harness.prompts import gate_words
 from harness.server import LlamaServer
 from verify import gate
@@ -383,17 +383,7 @@ def test_a_soak_of_random_requests_cancellations_and_erases_leaks_nothing(kv_uni
                 with lock:
                     outcomes.append(outcome)
 
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(n_clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        # cancelled streams end on the server's next step; then every slot is erased
-        deadline = time.monotonic() + 60
-        while srv.metrics().get("requests_processing", 0) > 0 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for slot in range(n_slots):
-            srv.post(f"/slots/{slot}?action=erase", {})
+        soak.run_clients_then_erase(srv, client, n_clients, n_slots)
         metrics = srv.metrics()
         erased = procmem.paged_resident(srv.pid)[0]
         after = srv.complete("the server still serves", 4)

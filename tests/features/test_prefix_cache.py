@@ -18,7 +18,7 @@ import time
 import pytest
 
 from conftest import bin_dir
-from harness import builds, sse
+from harness import builds, soak, sse
 from harness.errors import HarnessError
 from harness.prompts import gate_words
 from harness.server import LlamaServer, server_refusal
@@ -31,9 +31,6 @@ ATTENTION_MODELS = ["gate-llama", "gate-qwen3", "gate-qwen3moe"]
 BLOCK = 16  # the cache's block without LLAMA_KV_PAGED=1
 N_PREDICT = 16
 REUSE_MIN = 0.95  # of the block-aligned shared prefix (the bar)
-# as the server gate's, for a change of the order of sums (tests/gates/test_server_gate.py)
-LOGPROB_MAX = 0.05
-LOGPROB_MAX_MOE = 0.25
 
 
 def serve(model, knobs, tmp_path, name, args=()):
@@ -69,7 +66,7 @@ def compare(model, cold, warm):
     first = next((i for i, (x, y) in enumerate(zip(a, b)) if x[0] != y[0]), None)
     agree = a[:first] if first is not None else a
     diff = max((abs(x[1] - y[1]) for x, y in zip(agree, b)), default=0.0)
-    limit = LOGPROB_MAX_MOE if "moe" in model else LOGPROB_MAX
+    limit = gate.order_of_sums_logprob_max(model)  # the server gate's, for a change of the order of sums
     where = (f"{model}: the answer with cached blocks differs from the cold one: first difference at token {first}, "
              f"largest logprob difference before it {diff:.3g}\n  cold: {cold['content']!r}\n  warm: {warm['content']!r}")
     assert diff <= limit, where
@@ -102,10 +99,12 @@ def prompts(srv, n_shared, n_tails=2, seed=5):
     return [shared + tokens_of(srv, " " + gate_words(12 + 3 * i, 50 + i)) for i in range(n_tails)]
 
 
-@pytest.mark.parametrize("model,n_shared", [(m, 300) for m in ATTENTION_MODELS] + [("gate-llama", 64)],
-                         ids=[f"{m}-{n}" for m, n in [(m, 300) for m in ATTENTION_MODELS] + [("gate-llama", 64)]])
+# 64 tokens: vLLM's hybrid block of 528 tokens would give no hit at all
+REUSE_CASES = [(m, 300) for m in ATTENTION_MODELS] + [("gate-llama", 64)]
+
+
+@pytest.mark.parametrize("model,n_shared", REUSE_CASES, ids=[f"{m}-{n}" for m, n in REUSE_CASES])
 def test_a_prefix_computed_on_one_slot_is_reused_on_another(model, n_shared, tmp_path, report):
-    # 64 tokens: vLLM's hybrid block of 528 tokens would give no hit at all
     with serve(model, {KNOB: "1"}, tmp_path, "warm") as srv:
         a, b = prompts(srv, n_shared)
         ask(srv, a, 0)
@@ -317,16 +316,7 @@ def test_a_soak_of_overlapping_prompts_cancellations_and_pressure(tmp_path, repo
                 with lock:
                     outcomes.append(outcome)
 
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(n_clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        deadline = time.monotonic() + 60
-        while srv.metrics().get("requests_processing", 0) > 0 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for slot in range(n_slots):
-            srv.post(f"/slots/{slot}?action=erase", {})
+        soak.run_clients_then_erase(srv, client, n_clients, n_slots)
         m = srv.metrics()
         after = srv.complete("the server still serves", 4)
 
