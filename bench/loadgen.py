@@ -125,14 +125,17 @@ def markdown(workload, runs, ratio):
                 + ([""] if ratio else []))
     out.append(tables.markdown_table(header, rows))
     if len(workload["waves"]) > 1:
-        out.append("\nPer wave (TTFT p50 ms / output tok/s / prompt tokens computed / reused):\n")
+        out.append("\nPer wave (TTFT p50 ms, of it computing the prompt p50 ms / output tok/s / prompt tokens "
+                   "computed / reused):\n")
         wrows = []
         for wi, wave in enumerate(workload["waves"]):
             row = [f"{wi}: {wave['name']}"]
             for b in names:
                 m = runs[b]["metrics"]["waves"][wi]
                 ttft = m["ttft_s"]["p50"]
+                prompt = (m.get("prompt_s") or {}).get("p50")
                 row.append(f"{tables.num(None if ttft is None else ttft * MS, 1)}"
+                           f", {tables.num(None if prompt is None else prompt * MS, 1)}"
                            f" / {tables.num(m['output_tok_per_s'], 1)}"
                            f" / {m['prompt_tokens_computed']} / {m['prompt_tokens_reused']}")
             wrows.append(row)

@@ -68,7 +68,9 @@ def _gaps(times):
 
 
 def request_metrics(rec):
-    """Adds ttft_s, itl_s (list), max_gap_s and the server's token counts."""
+    """Adds ttft_s, itl_s (list), max_gap_s, the server's token counts and prompt_s, the part of
+    the TTFT the server spent computing the prompt (timings.prompt_ms: from the prompt's first
+    batch to its last; the rest of the TTFT is queueing, waiting and the restore of a cache)."""
     timings = rec.get("timings") or {}
     gaps = _gaps(rec["token_times"])
     rec["ttft_s"] = None if rec["t_first"] is None else rec["t_first"] - rec["t_send"]
@@ -77,6 +79,7 @@ def request_metrics(rec):
     rec["prompt_n"] = timings.get("prompt_n")
     rec["cache_n"] = timings.get("cache_n")
     rec["predicted_n"] = timings.get("predicted_n", rec["n_predicted"])
+    rec["prompt_s"] = None if timings.get("prompt_ms") is None else timings["prompt_ms"] / 1000.0
     return rec
 
 
@@ -98,6 +101,7 @@ def group_metrics(recs):
         "n_requests": len(recs),
         "n_errors": len(recs) - len(ok),
         "ttft_s": stats.latency_summary([r["ttft_s"] for r in ok]),
+        "prompt_s": stats.latency_summary([r["prompt_s"] for r in ok if r.get("prompt_s") is not None]),
         "itl_s": stats.latency_summary([g for r in ok for g in r["itl_s"]]),
         # The longest time any single in-flight request waited between two of its
         # tokens: what a long prefill scheduled alongside decoders costs them.

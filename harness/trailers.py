@@ -13,7 +13,9 @@ Trailers (scripts/trailers.txt lists them):
   Recommended: yes         'make serve' turns the knob on
   Requires: kv-unified, attention-only
                            what the knob needs, from a fixed list (REQUIREMENTS); elsewhere the
-                           server refuses to start, naming the knob, and the gates check that it does
+                           server refuses to start, naming the knob, and the gates check that it does.
+                           The last patch of a knob with the trailer says it (later patches lift
+                           requirements: the prefix cache served attention models first)
 """
 import dataclasses
 import pathlib
@@ -94,9 +96,10 @@ class Knob:
 
 KNOB_SETTING = re.compile(r"\b([A-Z][A-Z0-9_]+)=(\S+)")
 
-# What a knob may require (Requires: trailer): a unified KV cache (-kvu), or a model without
-# recurrent layers and without sliding-window attention.
-REQUIREMENTS = ("kv-unified", "attention-only")
+# What a knob may require (Requires: trailer): a unified KV cache (-kvu), a model without
+# recurrent layers and without sliding-window attention, or LLAMA_KV_PAGED=1 on hybrid models
+# (the gates set it there with the knob).
+REQUIREMENTS = ("kv-unified", "attention-only", "kv-paged-on-hybrid")
 
 
 def requirements_of(trailers):
@@ -112,7 +115,7 @@ def runtime_knobs():
     """Every runtime knob of the series, in series order of its first patch (patches without one
     are left out). A later patch that takes the same setting further (LLAMA_KV_PAGED=1 in 0008 and
     0009) is the same knob: the gates run it once, on the whole series, and it is bit-exact only
-    if every one of its patches says so."""
+    if every one of its patches says so; its requirements are the last Requires: trailer's."""
     found = {}
     for patch in all_patches():
         t = patch_trailers(patch)
@@ -133,7 +136,7 @@ def runtime_knobs():
                               bit_exact=first.bit_exact and bit_exact,
                               bit_exact_per_slot=first.bit_exact_per_slot and per_slot,
                               recommended=first.recommended or recommended,
-                              requires=tuple(dict.fromkeys(first.requires + requires)))
+                              requires=requires if "Requires" in t else first.requires)
         else:
             found[key] = Knob(patch=patch.name, env=env, bit_exact=bit_exact, bit_exact_per_slot=per_slot,
                               recommended=recommended, requires=requires)

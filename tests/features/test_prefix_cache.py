@@ -8,6 +8,10 @@ computed in another batch than the cold run computes them in, so the last bits o
 may move (the tolerance is the server gate's for knobs that change the order of sums); a wrong
 cell (another prompt's, another tenant's) changes the answer at once.
 
+Hybrid models (paged 0034) also need the recurrent state at the end of the blocks a request
+starts from: the cache keeps states at a few block ends (a prompt's last block end, where a prompt
+diverged from a cached one, where the answer got to), so that a hit there is exact too.
+
 The index's own edge cases (forced collisions, LRU order, pinning) are test-server-prefix-index's
 and the holders' bookkeeping test-server-prefix-cache's (C++, under ASan+UBSan in CI)."""
 import os
@@ -31,6 +35,14 @@ ATTENTION_MODELS = ["gate-llama", "gate-qwen3", "gate-qwen3moe"]
 BLOCK = 16  # the cache's block without LLAMA_KV_PAGED=1
 N_PREDICT = 16
 REUSE_MIN = 0.95  # of the block-aligned shared prefix (the issue's bar)
+
+
+# hybrid models: the cache needs LLAMA_KV_PAGED=1 there; blocks of BLOCK tokens as without it
+HYBRID_KNOBS = {KNOB: "1", "LLAMA_KV_PAGED": "1", "LLAMA_KV_BLOCK_SIZE": str(BLOCK)}
+
+
+def cache_knobs(model):
+    return HYBRID_KNOBS if model in gate.HYBRID_GATE_MODELS else {KNOB: "1"}
 
 
 def serve(model, knobs, tmp_path, name, args=()):
@@ -121,11 +133,42 @@ def test_a_prefix_computed_on_one_slot_is_reused_on_another(model, n_shared, tmp
            f"difference {diff:.3g}")
 
 
-def test_a_finished_chat_turn_is_reused_by_the_next(tmp_path, report):
+# the 64-token prefix: vLLM's hybrid block of 528 tokens would give no hit at all
+HYBRID_CASES = [(m, 300) for m in gate.HYBRID_GATE_MODELS] + [("gate-qwen35", 64)]
+
+
+@pytest.mark.parametrize("model,n_shared", HYBRID_CASES, ids=[f"{m}-{n}" for m, n in HYBRID_CASES])
+def test_a_hybrid_model_reuses_a_prefix_from_the_state_at_its_divergence(model, n_shared, tmp_path, report):
+    """Three prompts sharing n_shared tokens, on alternating slots. The first leaves a state at its
+    own last block end only; the second finds the shared blocks but no state at their end, computes
+    them and leaves one there (where it diverged from the first); the third starts from it."""
+    with serve(model, HYBRID_KNOBS, tmp_path, "warm") as srv:
+        a, b, c = prompts(srv, n_shared, n_tails=3)
+        ask(srv, a, 0)
+        second = ask(srv, b, 1)
+        third = ask(srv, c, 0)
+        m = srv.metrics()
+    want = aligned(n_shared)
+    cache_n = third["timings"]["cache_n"]
+    assert REUSE_MIN * want <= cache_n <= n_shared, f"{model}: {cache_n} tokens reused of {n_shared} shared"
+    assert third["timings"]["prompt_n"] == len(c) - cache_n
+    # the second has no state before the divergence yet, unless the first prompt's last block end is there
+    assert second["timings"]["cache_n"] in (0, aligned(len(a) - 1)) and second["timings"]["cache_n"] <= want
+    assert m["prefix_cache_states"] >= 2 and m["prefix_cache_states_taken_total"] >= 2, m
+    assert m["prefix_cache_states_bytes"] > 0
+    cold = cold_answers(model, tmp_path, [(c, {})])[0]
+    first, diff = compare(model, cold, third)
+    report(f"{KNOB}=1 {model} -np 2 -kvu LLAMA_KV_PAGED=1: the third prompt sharing {n_shared} tokens reused {cache_n} "
+           f"(block-aligned {want}; the second {second['timings']['cache_n']}); {m['prefix_cache_states']:.0f} states kept; "
+           f"answer vs cold: first difference at token {first}, largest logprob difference {diff:.3g}")
+
+
+@pytest.mark.parametrize("model", ["gate-llama", "gate-qwen35"])
+def test_a_finished_chat_turn_is_reused_by_the_next(model, tmp_path, report):
     """The next turn of a chat starts with the previous prompt and its answer: both are cached
-    when the request ends, so another slot reuses them."""
-    model = "gate-llama"
-    with serve(model, {KNOB: "1"}, tmp_path, "warm") as srv:
+    when the request ends, so another slot reuses them (a hybrid model from the state the answer
+    left at its last block end)."""
+    with serve(model, cache_knobs(model), tmp_path, "warm") as srv:
         (first,) = prompts(srv, 100, n_tails=1)
         turn1 = ask(srv, first, 0)
         history = first + [t["id"] for t in turn1["completion_probabilities"]]
@@ -220,9 +263,12 @@ def test_a_full_kv_cache_gives_up_cached_blocks(tmp_path):
     ({KNOB: "1", "LLAMA_PREFIX_CACHE_MIB": "lots"}, "invalid value 'lots' for LLAMA_PREFIX_CACHE_MIB"),
     ({"LLAMA_PREFIX_CACHE_MIB": "64"}, "LLAMA_PREFIX_CACHE_MIB is set but the prefix cache is off"),
     ({KNOB: "1", "LLAMA_PREFIX_CACHE_KEY_BITS": "65"}, "invalid value '65' for LLAMA_PREFIX_CACHE_KEY_BITS"),
+    ({KNOB: "1", "LLAMA_PREFIX_CACHE_STATES": "0"}, "invalid value '0' for LLAMA_PREFIX_CACHE_STATES: expected a whole number of states"),
+    ({"LLAMA_PREFIX_CACHE_STATES": "4"}, "LLAMA_PREFIX_CACHE_STATES is set but the prefix cache is off"),
     ({KNOB: "1", "LLAMA_PREFIX_CACHE_MIB": "1", "LLAMA_KV_PAGED": "1", "LLAMA_KV_BLOCK_SIZE": "65536"},
      "LLAMA_PREFIX_CACHE_MIB=1 is below one block of the cache (4096 tokens, 8.00 MiB)"),
-], ids=["2", "yes", "mib-0", "mib-lots", "mib-without-cache", "key-bits-65", "cap-below-a-block"])
+], ids=["2", "yes", "mib-0", "mib-lots", "mib-without-cache", "key-bits-65", "states-0", "states-without-cache",
+        "cap-below-a-block"])
 def test_a_bad_value_stops_the_server_naming_the_knob(knobs, want):
     out = server_refusal(bin_dir("paged"), gate.MODELS_DIR / "gate-llama.gguf", knobs,
                          args=("-c", "4096", "-np", "2", "-kvu"), threads=gate.THREADS)
@@ -232,8 +278,8 @@ def test_a_bad_value_stops_the_server_naming_the_knob(knobs, want):
 @pytest.mark.parametrize("model,args,want", [
     ("gate-llama", ("-np", "2"), "needs a unified KV cache (-kvu)"),
     ("gate-llama", ("-np", "2", "-kvu", "--context-shift"), "cannot be used with --context-shift"),
-    ("gate-qwen35", ("-np", "2", "-kvu"), "does not support recurrent or hybrid models yet"),
-    ("gate-qwen3next", ("-np", "2", "-kvu"), "does not support recurrent or hybrid models yet"),
+    ("gate-qwen35", ("-np", "2", "-kvu"), "on a hybrid model needs LLAMA_KV_PAGED=1"),
+    ("gate-qwen3next", ("-np", "2", "-kvu"), "on a hybrid model needs LLAMA_KV_PAGED=1"),
 ], ids=["per-slot-kv", "context-shift", "gate-qwen35", "gate-qwen3next"])
 def test_what_the_cache_cannot_serve_is_refused(model, args, want):
     out = server_refusal(bin_dir("paged"), gate.MODELS_DIR / f"{model}.gguf", {KNOB: "1"},
@@ -270,17 +316,18 @@ def test_metrics_are_absent_with_the_cache_off(tmp_path):
 SOAK_S = float(os.environ.get("LLAMA_PAGED_SOAK_S", "25"))
 
 
-def test_a_soak_of_overlapping_prompts_cancellations_and_pressure(tmp_path, report):
+@pytest.mark.parametrize("model", ["gate-llama", "gate-qwen35"])
+def test_a_soak_of_overlapping_prompts_cancellations_and_pressure(model, tmp_path, report):
     """Clients send prompts that share one of three prefixes (cut at random lengths) for SOAK_S
     seconds in a KV cache of 4096 cells for 4 slots, cancel some streams and erase slots. No
     request fails; a sample of the answers equals a cold run within the tolerance; once every
     slot is erased, no request holds a block and the cells in use are the cached blocks' at most
     (two blocks that begin with the same tokens after the same parent share those cells: a slot
     that reused its own cells for them cached them twice), and the server still serves. That the
-    holders keep exactly their blocks' cells is test-server-prefix-cache's (a model of the cache)."""
-    model = "gate-llama"
+    holders keep exactly their blocks' cells is test-server-prefix-cache's (a model of the cache).
+    On the hybrid model, the states kept stay within their bound."""
     n_slots, n_clients = 4, 6
-    knobs = {KNOB: "1", "LLAMA_KV_PAGED": "1"}
+    knobs = {**cache_knobs(model), "LLAMA_KV_PAGED": "1"}
     args = ["-np", str(n_slots), "-c", "4096", "--slot-save-path", str(tmp_path)]
     outcomes, answered = [], []
     lock = threading.Lock()
@@ -326,6 +373,8 @@ def test_a_soak_of_overlapping_prompts_cancellations_and_pressure(tmp_path, repo
     block = m["kv_cache_cells"] / m["kv_cache_blocks"]  # LLAMA_KV_PAGED=1 sizes the blocks by the rows
     assert m["prefix_cache_blocks_held"] == 0, m
     assert 0 < m["kv_cache_cells_used"] <= m["prefix_cache_blocks"] * block, m
+    if model in gate.HYBRID_GATE_MODELS:
+        assert 0 < m["prefix_cache_states"] <= 8 * n_slots, m  # LLAMA_PREFIX_CACHE_STATES' default
     reused = sum(r["timings"]["cache_n"] for _, _, r in answered)
     assert reused > 0
 
@@ -343,12 +392,13 @@ def test_a_soak_of_overlapping_prompts_cancellations_and_pressure(tmp_path, repo
            f"{len(sample)} answers vs cold: largest logprob difference {worst:.3g}")
 
 
-def test_requests_arriving_together_compute_their_shared_prefix_once(tmp_path, report):
+@pytest.mark.parametrize("model", ["gate-llama", "gate-qwen35"])
+def test_requests_arriving_together_compute_their_shared_prefix_once(model, tmp_path, report):
     """In-flight sharing: four prompts that share 600 tokens, admitted in the same step (one
     request carrying the four prompts): the first slot computes the prefix, the others wait for its
-    blocks and compute their own tails only."""
-    model = "gate-llama"
-    with serve(model, {KNOB: "1"}, tmp_path, "warm", args=["-np", "4"]) as srv:
+    blocks and compute their own tails only. On a hybrid model the first slot's computation ends a
+    chunk where the others' prompts leave its own, and the state there is kept for them."""
+    with serve(model, cache_knobs(model), tmp_path, "warm", args=["-np", "4"]) as srv:
         ps = prompts(srv, 600, n_tails=4)
         warm = sorted(srv.post("/completion", {"prompt": ps, "n_predict": N_PREDICT, "temperature": 0, "seed": 1,
                                                "cache_prompt": True, "n_probs": 2}), key=lambda r: r["index"])

@@ -101,6 +101,14 @@ def unmet_requirements(knob, model, kv_unified):
     return unmet
 
 
+def knob_env(knob, model):
+    """The knob's settings, with LLAMA_KV_PAGED=1 on hybrid models where the knob needs it there."""
+    env = dict(knob.env)
+    if "kv-paged-on-hybrid" in knob.requires and model in gate.HYBRID_GATE_MODELS:
+        env["LLAMA_KV_PAGED"] = "1"
+    return env
+
+
 @functools.lru_cache(maxsize=None)
 def serve_and_run(config, model, kv_unified, knob_items=()):
     args = server_args(kv_unified) + ["-t", str(gate.THREADS), "--metrics", "--slot-save-path", str(SLOT_DIR)]
@@ -175,7 +183,7 @@ def test_paged_server_with_each_knob(knob, model, kv_unified, report):
         report(f"server gate {knob.name} {model} {mode_name(kv_unified)}: refused (needs {', '.join(unmet)})")
         return
     stock, stock_cmd = serve_and_run("stock", model, kv_unified)
-    paged, paged_cmd = serve_and_run("paged", model, kv_unified, tuple(sorted(knob.env.items())))
+    paged, paged_cmd = serve_and_run("paged", model, kv_unified, tuple(sorted(knob_env(knob, model).items())))
     if knob.bit_exact or (knob.bit_exact_per_slot and not kv_unified):
         claim = "yes" if knob.bit_exact else "per-slot"
         assert_identical(model, kv_unified, f"paged with {knob.name} (Bit-exact: {claim})", stock, stock_cmd,
