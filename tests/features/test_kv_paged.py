@@ -14,6 +14,7 @@ import pytest
 
 from conftest import bin_dir
 from harness import builds, procmem, server_log, soak, sse
+from harness.answers import compare
 from harness.prompts import gate_words
 from harness.server import LlamaServer
 from verify import gate
@@ -223,17 +224,17 @@ def test_under_a_budget_requests_wait_for_memory_and_all_are_served(kv_unified, 
 
     with LlamaServer(bin_dir("paged"), model, args, env=builds.run_env("paged", {KNOB: "1"}),
                      log_path=tmp_path / "reference.log") as srv:
-        reference = [srv.complete(p, n_predict)["content"] for p in prompts]
+        reference = [srv.complete(p, n_predict, n_probs=2) for p in prompts]
 
     env = builds.run_env("paged", {KNOB: "1", "LLAMA_KV_MAX_MIB": str(budget_mib)})
     with LlamaServer(bin_dir("paged"), model, args, env=env, log_path=tmp_path / "server.log") as srv:
         with MetricsPoller(srv, ["kv_cache_used_bytes"]) as poll:
-            outcomes = run_concurrently([lambda p=p: srv.complete(p, n_predict) for p in prompts])
+            outcomes = run_concurrently([lambda p=p: srv.complete(p, n_predict, n_probs=2) for p in prompts])
         after = srv.metrics()
         log = srv.log_tail(400)
     errors = [detail for kind, detail in outcomes if kind == "error"]
     assert not errors, errors
-    same = sum(1 for (_, got), want in zip(outcomes, reference) if got["content"] == want)
+    same = sum(1 for (_, got), want in zip(outcomes, reference) if got["content"] == want["content"])
     report(f"LLAMA_KV_MAX_MIB={budget_mib} gate-qwen35 -np {n_slots}{' -kvu' if kv_unified else ''}, 4 prompts of ~740 tokens: "
            f"4 served, {same} of 4 texts as without the budget; {log.count('no room for its prompt yet')} waited for room, "
            f"caches at most {poll.peak['kv_cache_used_bytes'] / 2**20:.1f} MiB")
@@ -243,9 +244,14 @@ def test_under_a_budget_requests_wait_for_memory_and_all_are_served(kv_unified, 
     assert after["kv_budget_bytes"] == pytest.approx(budget_mib * 2**20, rel=1e-5)  # Prometheus text: 6 digits
     assert after["kv_budget_requests_waiting"] == 0
     assert after["kv_budget_preemptions_total"] == 0
-    # per-slot KV: a sequence's arithmetic does not depend on the others; unified KV: the placement
-    # of the cells may differ (Bit-exact: per-slot), the text almost never does on these prompts
-    assert same == n_slots if not kv_unified else same >= n_slots - 1, (outcomes, reference)
+    # a request that waited for room starts next to other slots' tokens, so its prompt is split
+    # into other ubatches (recurrent layers need equal splits): last-bit changes, in stock too
+    # (stock, per-slot KV, gate-qwen35 on the AVX-512 CI machine: a prompt arriving while another
+    # slot decodes gets another text than alone). Every answer agrees with its reference within the
+    # order-of-sums tolerance, any first difference a near tie, and most texts are the same.
+    for (_, got), want in zip(outcomes, reference):
+        compare("gate-qwen35", want, got, "the answer under a budget")
+    assert same >= n_slots - 1, (outcomes, reference)
 
 
 @pytest.mark.parametrize("kv_unified", [True, False], ids=["kvu", "per-slot"])

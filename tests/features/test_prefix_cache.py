@@ -23,6 +23,7 @@ import pytest
 
 from conftest import bin_dir
 from harness import builds, soak, sse
+from harness.answers import compare
 from harness.errors import HarnessError
 from harness.prompts import gate_words
 from harness.server import LlamaServer, server_refusal
@@ -61,34 +62,6 @@ def ask(srv, prompt, slot, **extra):
             "n_probs": 2, "id_slot": slot}
     body.update(extra)
     return srv.post("/completion", body)
-
-
-def answer(result):
-    """[(token, logprob, {candidate: logprob of the two most likely})] of each generated token."""
-    return [(t["id"], t["logprob"], {c["id"]: c["logprob"] for c in t["top_logprobs"]})
-            for t in result["completion_probabilities"]]
-
-
-def compare(model, cold, warm):
-    """(first differing token or None, largest logprob difference before it). Every token before
-    the first difference must agree within the logprob tolerance, and the first difference must be
-    a near tie in the cold run: the warm token is the cold run's runner-up, within the tolerance of
-    its best. After it the two texts go their own ways and are not compared."""
-    a, b = answer(cold), answer(warm)
-    first = next((i for i, (x, y) in enumerate(zip(a, b)) if x[0] != y[0]), None)
-    agree = a[:first] if first is not None else a
-    diff = max((abs(x[1] - y[1]) for x, y in zip(agree, b)), default=0.0)
-    limit = gate.order_of_sums_logprob_max(model)  # the server gate's, for a change of the order of sums
-    where = (f"{model}: the answer with cached blocks differs from the cold one: first difference at token {first}, "
-             f"largest logprob difference before it {diff:.3g}\n  cold: {cold['content']!r}\n  warm: {warm['content']!r}")
-    assert diff <= limit, where
-    if first is not None:
-        cold_tok, cold_lp, cold_top = a[first]
-        warm_tok = b[first][0]
-        assert warm_tok in cold_top and cold_lp - cold_top[warm_tok] <= 2 * limit, (
-            f"{where}\n  not a near tie: cold {cold_tok} at {cold_lp:.4f}, warm {warm_tok} "
-            f"at {cold_top.get(warm_tok, 'below the top 2')} in the cold run")
-    return first, diff
 
 
 def cold_answers(model, tmp_path, requests):
