@@ -80,6 +80,8 @@ def run_build(args, build, workload, waves, knobs, log_dir):
         except OSError:
             slots = None
         recs = loadrun.execute(server.port, workload, waves)
+        loadrun.add_shared_prefixes(
+            recs, lambda text: server.post("/tokenize", {"content": text, "add_special": True})["tokens"])
     metrics = loadrun.run_metrics(recs, len(waves))
     failed = metrics["overall"]["n_errors"] > 0
     if failed or args.keep_logs:
@@ -121,6 +123,14 @@ def markdown(workload, runs, ratio):
         if ratio:
             row.append(tables.num(ratio[label], 3))
         rows.append(row)
+    # what could be reused at most (the prompts' shared prefixes), and how much of it was
+    shared = [dig(runs[b]["metrics"]["overall"], ("prompt_tokens_shared",)) for b in names]
+    reused = [dig(runs[b]["metrics"]["overall"], ("prompt_tokens_reused",)) for b in names]
+    rows.append(["prompt tokens shared with an earlier prompt", "", *[tables.num(v, 0) for v in shared]]
+                + ([""] if ratio else []))
+    rows.append(["reused / shared", "higher",
+                 *[tables.num(r / s if s and r is not None else None, 3) for r, s in zip(reused, shared)]]
+                + ([""] if ratio else []))
     rows.append(["failed requests", "lower", *[runs[b]["metrics"]["overall"]["n_errors"] for b in names]]
                 + ([""] if ratio else []))
     out.append(tables.markdown_table(header, rows))
@@ -156,7 +166,9 @@ def plot(workload, runs, out_dir):
                     [(b, list(range(len(reqs[b]))), [r["ttft_s"] for r in reqs[b]], None) for b in runs])
     plots.line_plot(out_dir / f"loadgen-{name}-reused.png", f"{name}: prompt tokens reused per request",
                     "request (plan order)", "prompt tokens reused (cache_n)",
-                    [(b, list(range(len(reqs[b]))), [r["cache_n"] for r in reqs[b]], None) for b in runs])
+                    [(b, list(range(len(reqs[b]))), [r["cache_n"] for r in reqs[b]], None) for b in runs]
+                    + [("shared with an earlier prompt", list(range(len(reqs[b]))),
+                        [r.get("shared_n") for r in reqs[b]], None) for b in list(runs)[:1]])
 
 
 def main(argv=None):

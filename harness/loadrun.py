@@ -63,6 +63,36 @@ def execute(port, workload, waves):
     return [records[r["id"]] for w in waves for r in w["requests"]]
 
 
+def shared_prefixes(token_lists, send_times):
+    """For each prompt, the longest prefix it shares with a prompt sent before it (or at the same
+    time): what a prefix cache could reuse of the earlier prompts, their answers aside. At most
+    all but the last token: a prompt computes at least one. Plan order in, plan order out."""
+    order = sorted(range(len(token_lists)), key=lambda i: send_times[i])
+    shared = [0] * len(token_lists)
+    for k, i in enumerate(order):
+        mine = token_lists[i]
+        best = 0
+        for j in order[:k]:
+            theirs = token_lists[j]
+            n = 0
+            for a, b in zip(mine, theirs):
+                if a != b:
+                    break
+                n += 1
+            best = max(best, n)
+        shared[i] = min(best, max(len(mine) - 1, 0))
+    return shared
+
+
+def add_shared_prefixes(recs, tokenize):
+    """Sets shared_n on every record; tokenize(text) gives the token ids the server computes for
+    a prompt (POST /tokenize with add_special, as a completion does)."""
+    ok = [r for r in recs if r["error"] is None]
+    tokens = [tokenize(r["prompt_sent"]) for r in ok]
+    for rec, n in zip(ok, shared_prefixes(tokens, [r["t_send"] for r in ok])):
+        rec["shared_n"] = n
+
+
 def _gaps(times):
     return [b - a for a, b in zip(times, times[1:])]
 
@@ -113,6 +143,9 @@ def group_metrics(recs):
         "span_s": span,
         "prompt_tokens_computed": sum(r["prompt_n"] or 0 for r in ok),
         "prompt_tokens_reused": sum(r["cache_n"] or 0 for r in ok),
+        # None unless add_shared_prefixes ran: a prompt's longest prefix shared with an earlier one
+        "prompt_tokens_shared": (sum(r["shared_n"] for r in ok)
+                                 if ok and all("shared_n" in r for r in ok) else None),
     }
 
 

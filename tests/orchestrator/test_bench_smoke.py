@@ -131,6 +131,13 @@ def test_loadgen_smoke(builds, tiny_model, tmp_path):
     shared = json.loads((tmp_path / "loadgen-shared_prefix.json").read_text())
     waves = shared["runs"]["stock"]["metrics"]["waves"]
     assert waves[0]["prompt_tokens_reused"] == 0 and waves[1]["prompt_tokens_reused"] > 0, waves
+    # ... and every request but the first one sent as sharing a prefix with an earlier prompt
+    for build in ("stock", "paged"):
+        requests = shared["runs"][build]["requests"]
+        assert sorted(r["shared_n"] > 0 for r in requests) == [False] + [True] * (len(requests) - 1), requests
+        assert shared["runs"][build]["metrics"]["overall"]["prompt_tokens_shared"] == sum(
+            r["shared_n"] for r in requests)
+    assert "reused / shared" in (tmp_path / "loadgen-shared_prefix.md").read_text()
 
     # A chat's second turn sends the first turn's prompt and answer, which the slot holds.
     chat = json.loads((tmp_path / "loadgen-chat.json").read_text())

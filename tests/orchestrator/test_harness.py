@@ -3,7 +3,7 @@ with the A/A control, the noise-floor verdict, stable prompt text."""
 import pytest
 
 from bench import batched
-from harness import builds, paths, prompts
+from harness import builds, loadrun, paths, prompts
 from harness.errors import HarnessError
 
 pytestmark = pytest.mark.fast
@@ -54,3 +54,14 @@ def test_prompt_text_is_stable():
     assert prompts.gate_words(5, 1) == "oscar number query kilo oscar"
     assert prompts.words(3, "7:shared-prefix") == prompts.words(3, "7:shared-prefix")
     assert prompts.shared_prefix(7, 10) != prompts.unique_prompt(7, 0, 0, 10)
+
+
+def test_a_prompt_shares_the_longest_prefix_of_a_prompt_sent_before_it():
+    prompts = [[1, 2, 3, 4], [1, 2, 3, 9, 9], [1, 2, 5], [7], [1, 2, 3, 4, 5, 6]]
+    sent = [0.0, 1.0, 1.0, 2.0, 3.0]
+    # the first has nobody before it; a prompt sent at the same time counts (in-flight sharing);
+    # a prompt that an earlier one covers whole still computes its last token
+    assert loadrun.shared_prefixes(prompts, sent) == [0, 3, 2, 0, 4]
+    assert loadrun.shared_prefixes([[1, 2], [1, 2]], [0.0, 1.0]) == [0, 1]
+    # plan order in and out, whatever the send order
+    assert loadrun.shared_prefixes([[1, 2, 3], [1, 2]], [5.0, 1.0]) == [2, 0]
