@@ -111,6 +111,26 @@ def requirements_of(trailers):
     return tuple(items)
 
 
+# a variable a Knob: trailer names, with or without a value; one a message shows set
+KNOB_NAME = re.compile(r"\b(LLAMA_[A-Z0-9_]+)\b")
+KNOB_SET = re.compile(r"\b(LLAMA_[A-Z0-9_]+)=")
+
+
+def knob_names():
+    """The variables of the series (docs/KNOBS.md is generated from the patch messages): those a
+    Knob: trailer names and those a message shows set (NAME=...): the settings of runtime_knobs()
+    and the knobs that tune one of them (LLAMA_PREFIX_CACHE_STATES, LLAMA_PREFILL_CAP, ...), not
+    the API names a message also mentions. What a bench tool checks a --knobs name against, to
+    catch a typo; the paged binary checks the values."""
+    names = set()
+    for patch in all_patches():
+        message = patch_message(patch)
+        names.update(KNOB_SET.findall(message))
+        for knob in parse_trailers(message).get("Knob", []):
+            names.update(KNOB_NAME.findall(knob))
+    return names
+
+
 def runtime_knobs():
     """Every runtime knob of the series, in series order of its first patch (patches without one
     are left out). A later patch that takes the same setting further (LLAMA_KV_PAGED=1 in 0008 and

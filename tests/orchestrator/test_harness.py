@@ -65,3 +65,13 @@ def test_a_prompt_shares_the_longest_prefix_of_a_prompt_sent_before_it():
     assert loadrun.shared_prefixes([[1, 2], [1, 2]], [0.0, 1.0]) == [0, 1]
     # plan order in and out, whatever the send order
     assert loadrun.shared_prefixes([[1, 2, 3], [1, 2]], [5.0, 1.0]) == [2, 0]
+
+
+def test_the_bench_tools_take_every_knob_a_trailer_names():
+    from harness import trailers
+    names = trailers.knob_names()
+    # the settings the gates run, and the knobs that tune one of them
+    assert {"LLAMA_KV_PAGED", "LLAMA_PREFIX_CACHE", "LLAMA_PREFIX_CACHE_STATES", "LLAMA_PREFIX_CACHE_MIB",
+            "LLAMA_PREFILL_CAP", "LLAMA_MAX_BATCH_TOKENS"} <= names
+    assert {name for knob in trailers.runtime_knobs() for name in knob.env} <= names | {"GGML_SCHED_MAX_COPIES"}
+    assert "LLAMA_NO_SUCH_KNOB" not in names and "LLAMA_MEMORY_PART_KV" not in names  # an API name
