@@ -4,6 +4,7 @@ One thread per in-flight request: each thread blocks on its own SSE stream, so
 a stall on the server shows up as a gap in that request's token times rather
 than being hidden by a client-side event loop.
 """
+import os
 import threading
 import time
 
@@ -71,15 +72,7 @@ def shared_prefixes(token_lists, send_times):
     shared = [0] * len(token_lists)
     for k, i in enumerate(order):
         mine = token_lists[i]
-        best = 0
-        for j in order[:k]:
-            theirs = token_lists[j]
-            n = 0
-            for a, b in zip(mine, theirs):
-                if a != b:
-                    break
-                n += 1
-            best = max(best, n)
+        best = max((len(os.path.commonprefix([mine, token_lists[j]])) for j in order[:k]), default=0)
         shared[i] = min(best, max(len(mine) - 1, 0))
     return shared
 

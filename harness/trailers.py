@@ -118,7 +118,7 @@ KNOB_SET = re.compile(r"\b(LLAMA_[A-Z0-9_]+)=")
 
 def knob_names():
     """The variables of the series (docs/KNOBS.md is generated from the patch messages): those a
-    Knob: trailer names and those a message shows set (NAME=...): the settings of runtime_knobs()
+    Knob: trailer names or sets and those a message shows set (NAME=...): the settings of runtime_knobs()
     and the knobs that tune one of them (LLAMA_PREFIX_CACHE_STATES, LLAMA_PREFILL_CAP, ...), not
     the API names a message also mentions. What a bench tool checks a --knobs name against, to
     catch a typo; the paged binary checks the values."""
@@ -128,6 +128,7 @@ def knob_names():
         names.update(KNOB_SET.findall(message))
         for knob in parse_trailers(message).get("Knob", []):
             names.update(KNOB_NAME.findall(knob))
+            names.update(m.group(1) for m in KNOB_SETTING.finditer(knob))
     return names
 
 

@@ -73,5 +73,5 @@ def test_the_bench_tools_take_every_knob_a_trailer_names():
     # the settings the gates run, and the knobs that tune one of them
     assert {"LLAMA_KV_PAGED", "LLAMA_PREFIX_CACHE", "LLAMA_PREFIX_CACHE_STATES", "LLAMA_PREFIX_CACHE_MIB",
             "LLAMA_PREFILL_CAP", "LLAMA_MAX_BATCH_TOKENS"} <= names
-    assert {name for knob in trailers.runtime_knobs() for name in knob.env} <= names | {"GGML_SCHED_MAX_COPIES"}
+    assert {name for knob in trailers.runtime_knobs() for name in knob.env} <= names
     assert "LLAMA_NO_SUCH_KNOB" not in names and "LLAMA_MEMORY_PART_KV" not in names  # an API name
