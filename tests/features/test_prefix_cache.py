@@ -10,7 +10,7 @@ cell (another prompt's, another tenant's) changes the answer at once.
 
 Hybrid models (paged 0034) also need the recurrent state at the end of the blocks a request
 starts from: the cache keeps states at a few places (a prompt's last block end, where a prompt
-diverged from a cached one, where the answer got to), so that a hit there is exact too.
+diverged from a cached one, where a request ended: paged 0037), so that a hit there is exact too.
 
 Hits are token-exact (paged 0036): a prompt reuses every token it shares with a cached one, the
 first tokens of a block they part in and the partial block a request ended with included.
@@ -149,18 +149,17 @@ def test_a_hybrid_model_reuses_a_prefix_from_the_state_at_its_divergence(model, 
 @pytest.mark.parametrize("model", ["gate-llama", "gate-qwen35"])
 def test_a_finished_chat_turn_is_reused_by_the_next(model, tmp_path, report):
     """The next turn of a chat starts with the previous prompt and its answer: both are cached
-    when the request ends, so another slot reuses them (a hybrid model from the state the answer
-    left at its last block end)."""
+    when the request ends, so another slot reuses them (a hybrid model from the state the request
+    left at its exact end, paged/0037)."""
     with serve(model, cache_knobs(model), tmp_path, "warm") as srv:
         (first,) = prompts(srv, 100, n_tails=1)
         turn1 = ask(srv, first, 0)
         history = first + [t["id"] for t in turn1["completion_probabilities"]]
         nxt = history + tokens_of(srv, " " + gate_words(20, 77))
         warm = ask(srv, nxt, 1)
-    # the last generated token is not in the KV cache (it was never decoded); attention models
-    # reuse all the rest (the partial block the request ended with is cached too), hybrid ones
-    # start from the state the answer left at its last block end
-    want = aligned(len(history) - 1) if model in gate.HYBRID_GATE_MODELS else len(history) - 1
+    # the last generated token is not in the KV cache (it was never decoded); the rest is reused
+    # (the partial block the request ended with is cached too, on hybrid models with its state)
+    want = len(history) - 1
     assert warm["timings"]["cache_n"] == want
     (cold,) = cold_answers(model, tmp_path, [(nxt, {})])
     first_diff, diff = compare(model, cold, warm)
