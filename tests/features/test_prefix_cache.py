@@ -9,8 +9,9 @@ may move (the tolerance is the server gate's for knobs that change the order of 
 cell (another prompt's, another tenant's) changes the answer at once.
 
 Hybrid models (paged 0034) also need the recurrent state at the end of the blocks a request
-starts from: the cache keeps states at a few places (a prompt's last block end, where a prompt
-diverged from a cached one, where a request ended: paged 0037), so that a hit there is exact too.
+starts from: the cache keeps states at a few places (before a prompt's last token or at its end,
+where a prompt diverged from a cached one, where a request ended: paged 0037), so that a hit there
+is exact too.
 
 Hits are token-exact (paged 0036): a prompt reuses every token it shares with a cached one, the
 first tokens of a block they part in and the partial block a request ended with included.
