@@ -147,3 +147,34 @@ def test_a_released_slot_requeues_every_deferred_request(knobs, tmp_path, report
 def test_a_bad_value_stops_the_server_naming_the_knob(value):
     out = server_refusal(bin_dir("paged"), gate.MODELS_DIR / f"{MODEL}.gguf", {KNOB: value}, threads=gate.THREADS)
     assert f"invalid value '{value}' for {KNOB}: expected 1" in out
+
+
+SLEEP_CASES = [("stock", {}), ("paged", {}), ("paged", {KNOB: "0"}),
+               ("paged", {"LLAMA_PREFIX_CACHE": "1", "LLAMA_KV_PAGED": "1"})]
+
+
+@pytest.mark.parametrize("config,knobs", SLEEP_CASES, ids=["stock", "paged-no-knob", "paged-requeue-0", "paged-cache"])
+def test_a_server_that_slept_answers_the_next_request(config, knobs, tmp_path):
+    """--sleep-idle-seconds: the server unloads the model when idle and loads it again for the next
+    request. The wake runs load_model() inside the task queue's loop with the queue's lock held;
+    paged 0027 set its knob there under that same lock, and the server hung for ever (a futex, with
+    or without the knob; SIGTERM did not stop it). Stock answers at once."""
+    args = ["-np", "2", "-c", "4096", "-t", str(gate.THREADS), "--sleep-idle-seconds", "1"]
+    if knobs.get("LLAMA_PREFIX_CACHE"):
+        args.append("-kvu")
+    srv = LlamaServer(bin_dir(config), gate.MODELS_DIR / f"{MODEL}.gguf", args, env=builds.run_env(config, knobs),
+                      log_path=tmp_path / "sleep.log", label=f"{config} sleep")
+    with srv:
+        before = srv.complete(gate_words(40, 3), 8)
+        deadline = time.monotonic() + WAIT_S
+        while "entering sleeping state" not in srv.log_path.read_text(errors="replace"):
+            assert time.monotonic() < deadline, "the server never went to sleep"
+            time.sleep(0.2)
+        woken = Request(srv, "/completion", {"prompt": gate_words(40, 3), "n_predict": 8, "temperature": 0,
+                                             "seed": 1, "cache_prompt": True})
+        woken.start()
+        woken.join(WAIT_S)
+        assert not woken.is_alive(), f"{config} {knobs}: no answer {WAIT_S:.0f} s after waking from sleep"
+        assert not isinstance(woken.result, Exception), woken.result
+        assert woken.result["content"] == before["content"]
+        assert "exiting sleeping state" in srv.log_path.read_text(errors="replace")
