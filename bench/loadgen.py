@@ -135,8 +135,8 @@ def markdown(workload, runs, ratio):
                 + ([""] if ratio else []))
     out.append(tables.markdown_table(header, rows))
     if len(workload["waves"]) > 1:
-        out.append("\nPer wave (TTFT p50 ms, of it computing the prompt p50 ms / output tok/s / prompt tokens "
-                   "computed / reused):\n")
+        out.append("\nPer wave (TTFT p50 ms, of it computing the prompt p50 ms / max decode stall ms, of one request"
+                   " (of all together: no request got a token) / output tok/s / prompt tokens computed / reused):\n")
         wrows = []
         for wi, wave in enumerate(workload["waves"]):
             row = [f"{wi}: {wave['name']}"]
@@ -144,8 +144,12 @@ def markdown(workload, runs, ratio):
                 m = runs[b]["metrics"]["waves"][wi]
                 ttft = m["ttft_s"]["p50"]
                 prompt = (m.get("prompt_s") or {}).get("p50")
+                stall = m.get("max_decode_stall_s")
+                step = m.get("max_step_stall_s")
                 row.append(f"{tables.num(None if ttft is None else ttft * MS, 1)}"
                            f", {tables.num(None if prompt is None else prompt * MS, 1)}"
+                           f" / {tables.num(None if stall is None else stall * MS, 1)}"
+                           f" ({tables.num(None if step is None else step * MS, 1)})"
                            f" / {tables.num(m['output_tok_per_s'], 1)}"
                            f" / {m['prompt_tokens_computed']} / {m['prompt_tokens_reused']}")
             wrows.append(row)

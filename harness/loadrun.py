@@ -106,6 +106,19 @@ def request_metrics(rec):
     return rec
 
 
+def step_stall(recs):
+    """The longest time no request of recs got a token while all of them were streaming (from the
+    last first token to the first last token): a step of the server, which every decoder of a wave
+    waits for, apart from one request's own delivery delay (a busy client thread). None for fewer
+    than two requests or streams that do not overlap."""
+    streams = [r["token_times"] for r in recs if len(r["token_times"]) >= 2]
+    if len(streams) < 2:
+        return None
+    lo, hi = max(s[0] for s in streams), min(s[-1] for s in streams)
+    times = sorted(t for s in streams for t in s if lo <= t <= hi)
+    return max(_gaps(times), default=None)
+
+
 def group_metrics(recs):
     """The figures of a set of requests (a wave or the whole run)."""
     ok = [r for r in recs if r["error"] is None]
@@ -131,6 +144,7 @@ def group_metrics(recs):
         "max_decode_stall_s": None if stall is None else stall["max_gap_s"],
         "max_decode_stall_request": None if stall is None else stall["id"],
         "max_decode_stall_ends_at_s": stall_at,
+        "max_step_stall_s": step_stall(ok),
         "output_tokens": tokens,
         "output_tok_per_s": stats.ratio(tokens, span),
         "span_s": span,

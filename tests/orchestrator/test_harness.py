@@ -67,6 +67,15 @@ def test_a_prompt_shares_the_longest_prefix_of_a_prompt_sent_before_it():
     assert loadrun.shared_prefixes([[1, 2, 3], [1, 2]], [5.0, 1.0]) == [2, 0]
 
 
+def test_a_step_stall_is_a_time_no_request_got_a_token():
+    # one request's late token (3.0 -> 4.5) is not a step the other waited for; both waiting is
+    a = {"token_times": [0.0, 1.0, 2.0, 4.5, 5.0, 8.0, 9.0, 12.0]}
+    b = {"token_times": [0.1, 1.1, 2.1, 3.1, 4.1, 5.1, 8.1, 9.1]}
+    assert abs(loadrun.step_stall([a, b]) - 2.9) < 1e-9  # 5.1 -> 8.0: both waited
+    assert loadrun.step_stall([a]) is None
+    assert loadrun.step_stall([a, {"token_times": [20.0, 21.0]}]) is None
+
+
 def test_the_bench_tools_take_every_knob_a_trailer_names():
     from harness import trailers
     names = trailers.knob_names()
