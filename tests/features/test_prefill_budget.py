@@ -443,9 +443,12 @@ def test_a_follow_up_turn_counts_its_new_tokens(tmp_path, report):
     """A conversation's next turn, whose slot holds the turns before it, arrives while a fresh
     prompt shorter than the whole conversation is under way: it counts the tokens its cells do not
     hold (a few, back to its checkpoint on this hybrid model) and goes first. Before, it counted
-    whole and waited for the fresh prompt's whole prefill. A static budget: no decoders needed."""
+    whole and waited behind the fresh prompt (8 steps, until a chunk of the fresh one ended short
+    at a checkpoint place, with an 847-token fresh prompt). A static budget: no decoders needed."""
     args = ["-c", "8192", "-np", "2", "-t", str(gate.THREADS), "-lv", "5", "-cram", "0", "--metrics"]
-    conversation, fresh = gate_words(1400, 700), gate_words(700, 701)
+    # a fresh prompt of ~50 steps under the budget: still under way when the follow-up arrives on a
+    # slow machine; the conversation longer still, so that counted whole it would go last
+    conversation, fresh = gate_words(2000, 700), gate_words(1400, 701)
     follow_up = conversation + " " + gate_words(10, 702)
     results = {}
     with LlamaServer(bin_dir("paged"), gate.MODELS_DIR / f"{MODEL}.gguf", args,
@@ -464,13 +467,15 @@ def test_a_follow_up_turn_counts_its_new_tokens(tmp_path, report):
         one("follow-up", follow_up, 1)
         thread.join()
         log = srv.log_path.read_text(errors="replace")
-    launched, chunks = chunk_steps(log, "follow-up", {"follow-up": 1, "fresh": 0})
+    launched, chunks = chunk_steps(log, "follow-up", {key: results[key]["id_slot"] for key in ("follow-up", "fresh")})
     follow = results["follow-up"]["timings"]
+    assert launched is not None and chunks["follow-up"] and chunks["fresh"], log[-3000:]
+    assert chunks["fresh"][-1] > launched, "the fresh prompt was done before the follow-up arrived: the test tested nothing"
     report(f"LLAMA_PREFILL_BUDGET=32 {MODEL}: a follow-up turn ({follow['cache_n']} tokens kept, {follow['prompt_n']} "
            f"computed) arriving at step {launched} got its chunks in steps {chunks['follow-up']}; the "
            f"{results['fresh']['timings']['prompt_n']}-token fresh prompt in steps {chunks['fresh'][0]}..{chunks['fresh'][-1]}")
+    assert results["follow-up"]["id_slot"] == 1 and results["fresh"]["id_slot"] == 0, "the slots were not the ones asked for"
     assert follow["cache_n"] > 1000 and follow["prompt_n"] < results["fresh"]["timings"]["prompt_n"], follow
-    assert launched is not None and chunks["follow-up"] and chunks["fresh"], log[-3000:]
     assert chunks["follow-up"][0] <= launched + 1, f"the follow-up waited from step {launched} to {chunks['follow-up'][0]}"
     assert chunks["follow-up"][-1] < chunks["fresh"][-1], "the follow-up was served after the fresh prompt"
 
