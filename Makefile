@@ -60,8 +60,8 @@ CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=Release \
 export CCACHE_BASEDIR := $(CURDIR)
 export CCACHE_NOHASHDIR := 1
 
-.PHONY: all build build-both prepare configure test test-fast test-unit check-series check-docs verify-tree \
-        check-cuda sanitize dev export-patches clean clean-src help models bench-models serve serve-stop
+.PHONY: all build build-both prepare configure test test-fast test-unit test-upstream-server check-series check-docs \
+        verify-tree check-cuda sanitize dev export-patches clean clean-src help models bench-models serve serve-stop
 
 all: build
 
@@ -187,7 +187,13 @@ PYTEST := $(PYTHON) -m pytest
 test-unit: build-both
 	ctest --test-dir $(PAGED_BUILD) -L paged --output-on-failure
 
-test: check-series check-docs build-both verify-tree check-cuda sanitize models test-unit
+# Upstream's own server test suite (the pinned stock checkout's tools/server/tests), offline, run
+# against stock, paged with no knob and paged with the serving knobs: every test's outcome must
+# be stock's, but for tests/upstream_server/allow.txt (docs/VERIFY.md).
+test-upstream-server: build-both $(MODELS_DIR)/gate-llama.gguf
+	$(PYTHON) tests/upstream_server/run.py --model $(MODELS_DIR)/gate-llama.gguf
+
+test: check-series check-docs build-both verify-tree check-cuda sanitize models test-upstream-server test-unit
 	$(PYTEST) tests/
 
 # No build, no network beyond the cached upstream source: seconds.
