@@ -112,3 +112,36 @@ def test_an_entry_for_a_test_that_no_longer_exists_is_stale():
 def test_counts_cover_every_outcome():
     c = run.counts(res(sleep="passed", restore="skipped", spacey="xfailed"))
     assert c["passed"] == 1 and c["skipped"] == 1 and c["xfailed"] == 1 and c["failed"] == 0
+
+
+def failing(test_id, reason):
+    return {test_id: {"outcome": "failed", "reason": reason, "duration": 0.1}}
+
+
+@pytest.mark.parametrize("reason,kind", [
+    ("assert 21 == 77", "AssertionError"),
+    ("AssertionError: the text", "AssertionError"),
+    ("RuntimeError: Server process died with return code 1", "RuntimeError"),
+    ("call: Failed: Timeout >90.0s", "Failed"),
+    ("requests.exceptions.ConnectionError: refused", "ConnectionError"),
+    ("", "other"),
+])
+def test_a_failure_is_known_by_what_it_died_of(reason, kind):
+    assert run.failure_kind(reason) == kind
+
+
+def test_a_paged_server_that_dies_where_stock_fails_on_text_is_a_difference():
+    """Stock fails many tests on the generated model's text; a paged server that dies, or times out,
+    in one of them must not pass for the same failure."""
+    stock = failing(SLEEP, "assert 21 == 77")
+    _, unexpected, _ = run.compare("paged", stock, failing(SLEEP, "RuntimeError: Server process died with return code 1"), {})
+    assert unexpected == [(SLEEP, "failed:AssertionError", "failed:RuntimeError",
+                           "RuntimeError: Server process died with return code 1")]
+    # the same kind of failure, with other numbers: no difference
+    assert run.compare("paged", stock, failing(SLEEP, "assert 20 == 77"), {}) == ([], [], [])
+    # an entry names the kinds; one that leaves them open does not cover a change of kind
+    allow = run.parse_allow(f"paged-knobs failed:AssertionError->failed:RuntimeError {SLEEP}\n    refused at start\n", CONFIGS)
+    allowed, unexpected, stale = run.compare("paged-knobs", stock, failing(SLEEP, "RuntimeError: died"), allow)
+    assert [a[0] for a in allowed] == [SLEEP] and not unexpected and not stale
+    with pytest.raises(run.AllowListError, match="unknown outcome"):
+        run.parse_allow(f"paged-knobs passed:X->failed {SLEEP}\n    why\n", CONFIGS)
