@@ -39,6 +39,9 @@ import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
+sys.path.insert(0, str(ROOT))
+from harness import paths  # noqa: E402  (the repository's harness: where the builds and models are)
+from harness.errors import HarnessError  # noqa: E402
 OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed", "absent")
 
 # LLAMA_KV_MAX_MIB is left out: the prefix cache refuses it ("does not work with LLAMA_KV_MAX_MIB
@@ -285,7 +288,7 @@ def main(argv=None):
     ap.add_argument("--configs", default=",".join(CONFIGS),
                     help=f"comma-separated, from {', '.join(CONFIGS)} (a paged one needs its baseline)")
     ap.add_argument("--model", type=pathlib.Path,
-                    default=ROOT / os.environ.get("MODELS_DIR", ".cache/models") / "gate-llama.gguf")
+                    default=paths.models_dir() / "gate-llama.gguf")
     ap.add_argument("--tests", type=pathlib.Path, default=ROOT / "src/stock/tools/server/tests",
                     help="the pinned checkout's server tests directory")
     ap.add_argument("--work-dir", type=pathlib.Path, default=ROOT / "build/upstream-server")
@@ -312,9 +315,11 @@ def main(argv=None):
     args.model = args.model.resolve()
     args.work_dir = args.work_dir.resolve()
 
-    stock_bin = pathlib.Path(os.environ.get("STOCK_BIN") or ROOT / f"build/stock-{os.environ.get('BACKEND') or 'cpu'}/bin")
-    paged_bin = pathlib.Path(os.environ.get("PAGED_BIN") or ROOT / f"build/paged-{os.environ.get('BACKEND') or 'cpu'}/bin")
-    bins = {"stock": stock_bin, "paged": paged_bin}
+    try:
+        bins = {b: paths.bin_dir(b) for b in ("stock", "paged")}
+    except HarnessError as e:
+        print(f"upstream-server: {e}", file=sys.stderr)
+        return 2
     problems = []
     if not args.compare_only:
         for b in {CONFIGS[n][0] for n in names}:
