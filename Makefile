@@ -61,7 +61,7 @@ export CCACHE_BASEDIR := $(CURDIR)
 export CCACHE_NOHASHDIR := 1
 
 .PHONY: all build build-both prepare configure test test-fast test-unit test-upstream-server check-series check-docs \
-        verify-tree check-cuda sanitize dev export-patches clean clean-src help models bench-models serve serve-stop
+        verify-tree check-cuda check-windows sanitize dev export-patches clean clean-src help models bench-models serve serve-stop
 
 all: build
 
@@ -100,6 +100,10 @@ verify-tree:
 
 check-cuda:
 	@scripts/check-cuda.sh
+
+# MinGW-w64 syntax check of the C/C++ files the series touches, against stock's (skipped without MinGW).
+check-windows:
+	@scripts/check-windows.sh
 
 dev:
 	@scripts/dev.sh
@@ -193,7 +197,7 @@ test-unit: build-both
 test-upstream-server: build-both $(MODELS_DIR)/gate-llama.gguf
 	$(PYTHON) tests/upstream_server/run.py --model $(MODELS_DIR)/gate-llama.gguf
 
-test: check-series check-docs build-both verify-tree check-cuda sanitize models test-upstream-server test-unit
+test: check-series check-docs build-both verify-tree check-cuda check-windows sanitize models test-upstream-server test-unit
 	$(PYTEST) tests/
 
 # No build, no network beyond the cached upstream source: seconds.

@@ -145,3 +145,20 @@ def test_a_paged_server_that_dies_where_stock_fails_on_text_is_a_difference():
     assert [a[0] for a in allowed] == [SLEEP] and not unexpected and not stale
     with pytest.raises(run.AllowListError, match="unknown outcome"):
         run.parse_allow(f"paged-knobs passed:X->failed {SLEEP}\n    why\n", CONFIGS)
+
+
+def test_a_server_that_does_not_exit_cleanly_when_stopped_is_a_difference():
+    """Stock exits 0 on SIGTERM; a paged server that crashes on the way out (-11), or has to be
+    killed (-9), in a test that passes on both sides is a difference, and an entry that leaves the
+    exit out does not cover it."""
+    stock = res(sleep="passed")
+    paged = res(sleep="passed")
+    paged[SLEEP]["exits"] = [-11]
+    assert run.outcome_of(paged, SLEEP) == "passed+exit:-11"
+    _, unexpected, _ = run.compare("paged", stock, paged, {})
+    assert [u[:3] for u in unexpected] == [(SLEEP, "passed", "passed+exit:-11")]
+    assert not run.outcome_matches("passed", "passed+exit:-11")
+    assert run.outcome_matches("failed", "failed:RuntimeError") and run.outcome_matches("passed+exit:-9", "passed+exit:-9")
+    # both sides exiting the same way is no difference
+    stock[SLEEP]["exits"] = [-11]
+    assert run.compare("paged", stock, paged, {}) == ([], [], [])

@@ -161,7 +161,21 @@ def _patch_utils(config):
     def download_file(url, output_file_path=None):
         pytest.skip(f"downloads {url}: no network here")
 
+    original_stop = utils.ServerProcess.stop
+
+    def stop(self):
+        # how the server ended is part of a test's outcome: stock exits 0 on SIGTERM; a server that
+        # crashes on the way out, or does not stop in 5 s and is killed, must not pass unseen
+        process = self.process
+        original_stop(self)
+        if process is not None and process.returncode not in (0, None):
+            test_id = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
+            if test_id:
+                entry = _RESULTS.setdefault(test_id, {"outcome": None, "reason": "", "duration": 0.0})
+                entry.setdefault("exits", []).append(process.returncode)
+
     utils.ServerProcess.start = start
+    utils.ServerProcess.stop = stop
     utils.ServerPreset.load_all = staticmethod(load_all)
     utils.download_file = download_file
 

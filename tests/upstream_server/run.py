@@ -139,18 +139,26 @@ def failure_kind(reason):
 
 
 def outcome_of(results, test_id, with_kind=False):
-    """The outcome of a test; with_kind, what it died of too where it failed or erred: 'failed:TimeoutError'."""
+    """The outcome of a test; with_kind, what it died of too where it failed or erred: 'failed:TimeoutError'.
+    A server of the test that exited other than 0 when stopped (a crash on the way out, -9 when it had
+    to be killed) adds its exit statuses: 'passed+exit:-11'."""
     entry = results.get(test_id)
     if not entry or not entry.get("outcome"):
         return "absent"
-    if with_kind and entry["outcome"] in ("failed", "error"):
-        return f"{entry['outcome']}:{failure_kind(entry.get('reason'))}"
-    return entry["outcome"]
+    outcome = entry["outcome"]
+    if with_kind and outcome in ("failed", "error"):
+        outcome = f"{outcome}:{failure_kind(entry.get('reason'))}"
+    if entry.get("exits"):
+        outcome += "+exit:" + ",".join(str(code) for code in entry["exits"])
+    return outcome
 
 
 def outcome_matches(listed, outcome):
-    """An allow-list outcome names the kind ('failed:RuntimeError') or leaves it open ('failed')."""
-    return listed == outcome or (":" not in listed and outcome.split(":", 1)[0] == listed)
+    """An allow-list outcome names the kind ('failed:RuntimeError') or leaves it open ('failed');
+    exit statuses ('+exit:-11') it must name."""
+    listed, _, listed_exits = listed.partition("+")
+    outcome, _, exits = outcome.partition("+")
+    return listed_exits == exits and (listed == outcome or (":" not in listed and outcome.split(":", 1)[0] == listed))
 
 
 def compare(config, base_results, results, allow):
@@ -160,7 +168,7 @@ def compare(config, base_results, results, allow):
     allowed, unexpected, stale = [], [], []
     for test_id in sorted(set(base_results) | set(results)):
         before, after = outcome_of(base_results, test_id), outcome_of(results, test_id)
-        if before == after and before in ("failed", "error"):
+        if before == after and before.split("+", 1)[0] in ("failed", "error"):
             # both failed: of the same thing? (a server that dies where stock's text was wrong)
             before, after = outcome_of(base_results, test_id, True), outcome_of(results, test_id, True)
         entry = allow.get((config, test_id))
