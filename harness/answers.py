@@ -15,7 +15,8 @@ def compare(model, cold, warm, what="the answer with cached blocks"):
     """(first differing token or None, largest logprob difference before it). Every token before
     the first difference must agree within the logprob tolerance, and the first difference must be
     a near tie in the cold run: the warm token is the cold run's runner-up, within the tolerance of
-    its best. After it the two texts go their own ways and are not compared."""
+    its best. After it the two texts go their own ways and are not compared; without one, both
+    answers must have the same length."""
     a, b = answer(cold), answer(warm)
     first = next((i for i, (x, y) in enumerate(zip(a, b)) if x[0] != y[0]), None)
     agree = a[:first] if first is not None else a
@@ -24,6 +25,10 @@ def compare(model, cold, warm, what="the answer with cached blocks"):
     where = (f"{model}: {what} differs from the cold one: first difference at token {first}, "
              f"largest logprob difference before it {diff:.3g}\n  cold: {cold['content']!r}\n  warm: {warm['content']!r}")
     assert diff <= limit, where
+    # the whole answer: one that stops early, the tokens agreeing up to there, is a difference too
+    assert first is not None or len(a) == len(b), (
+        f"{model}: {what} has {len(b)} tokens, the cold one {len(a)}, the same up to there\n"
+        f"  cold: {cold['content']!r}\n  warm: {warm['content']!r}")
     if first is not None:
         cold_tok, cold_lp, cold_top = a[first]
         warm_tok = b[first][0]

@@ -84,3 +84,23 @@ def test_the_bench_tools_take_every_knob_a_trailer_names():
             "LLAMA_PREFILL_CAP", "LLAMA_MAX_BATCH_TOKENS"} <= names
     assert {name for knob in trailers.runtime_knobs() for name in knob.env} <= names
     assert "LLAMA_NO_SUCH_KNOB" not in names and "LLAMA_MEMORY_PART_KV" not in names  # an API name
+
+
+def _answer(tokens, content="x"):
+    """A /completion result with n_probs 2: [(id, logprob, runner-up id, its logprob)]."""
+    return {"content": content, "completion_probabilities": [
+        {"id": t, "logprob": lp, "top_logprobs": [{"id": t, "logprob": lp}, {"id": r, "logprob": rlp}]}
+        for t, lp, r, rlp in tokens]}
+
+
+def test_an_answer_cut_short_is_a_difference():
+    from harness import answers
+    cold = _answer([(1, -0.1, 2, -3.0), (3, -0.2, 4, -3.0), (5, -0.3, 6, -3.0)])
+    assert answers.compare("gate-llama", cold, cold) == (None, 0.0)
+    with pytest.raises(AssertionError, match="has 2 tokens, the cold one 3"):
+        answers.compare("gate-llama", cold, _answer([(1, -0.1, 2, -3.0), (3, -0.2, 4, -3.0)]))
+    # a near tie at the first difference is allowed, a token far from one is not
+    tie = _answer([(1, -0.1, 2, -0.12), (3, -0.2, 4, -3.0)])
+    assert answers.compare("gate-llama", tie, _answer([(2, -0.12, 1, -0.1), (3, -0.2, 4, -3.0)]))[0] == 0
+    with pytest.raises(AssertionError, match="not a near tie"):
+        answers.compare("gate-llama", cold, _answer([(2, -3.0, 1, -0.1), (3, -0.2, 4, -3.0), (5, -0.3, 6, -3.0)]))

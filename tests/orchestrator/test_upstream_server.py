@@ -162,3 +162,16 @@ def test_a_server_that_does_not_exit_cleanly_when_stopped_is_a_difference():
     # both sides exiting the same way is no difference
     stock[SLEEP]["exits"] = [-11]
     assert run.compare("paged", stock, paged, {}) == ([], [], [])
+
+
+def test_an_entry_names_the_exit_of_a_server_refused_at_start():
+    """A refusal at start fails the test (RuntimeError) and leaves exit status 1: an entry names both."""
+    stock = failing(SLEEP, "assert 21 == 77")
+    paged = failing(SLEEP, "RuntimeError: Server process died with return code 1")
+    paged[SLEEP]["exits"] = [1]
+    allow = run.parse_allow(f"paged-knobs failed:AssertionError->failed:RuntimeError+exit:1 {SLEEP}\n    refused\n", CONFIGS)
+    allowed, unexpected, stale = run.compare("paged-knobs", stock, paged, allow)
+    assert [a[:3] for a in allowed] == [(SLEEP, "failed:AssertionError", "failed:RuntimeError+exit:1")]
+    assert not unexpected and not stale
+    with pytest.raises(run.AllowListError, match="unknown outcome"):
+        run.parse_allow(f"paged-knobs failed->failed+exit:x {SLEEP}\n    why\n", CONFIGS)

@@ -114,8 +114,11 @@ def parse_allow(text, configs=None):
             raise AllowListError(f"line {n}: '{change}' is not BASELINE->OUTCOME")
         before, after = change.split("->", 1)
         for o in (before, after):
-            if o.split(":", 1)[0] not in OUTCOMES or (":" in o and o.split(":", 1)[0] not in ("failed", "error")):
-                raise AllowListError(f"line {n}: unknown outcome '{o}' (one of {', '.join(OUTCOMES)})")
+            main, _, exits = o.partition("+")
+            if main.split(":", 1)[0] not in OUTCOMES or (":" in main and main.split(":", 1)[0] not in ("failed", "error")) \
+                    or (exits and not re.fullmatch(r"exit:-?\d+(,-?\d+)*", exits)):
+                raise AllowListError(f"line {n}: unknown outcome '{o}' (one of {', '.join(OUTCOMES)}, "
+                                     f"'failed' and 'error' with ':Kind', any with '+exit:N,...')")
         if before == after:
             raise AllowListError(f"line {n}: '{change}' is no difference")
         if (config, test_id) in entries:
@@ -168,7 +171,7 @@ def compare(config, base_results, results, allow):
     allowed, unexpected, stale = [], [], []
     for test_id in sorted(set(base_results) | set(results)):
         before, after = outcome_of(base_results, test_id), outcome_of(results, test_id)
-        if before == after and before.split("+", 1)[0] in ("failed", "error"):
+        if before.partition("+")[0] == after.partition("+")[0] in ("failed", "error"):
             # both failed: of the same thing? (a server that dies where stock's text was wrong)
             before, after = outcome_of(base_results, test_id, True), outcome_of(results, test_id, True)
         entry = allow.get((config, test_id))
