@@ -38,6 +38,11 @@ def build_dir(config):
     return bin_dir(config).parent
 
 
+def tools_dir():
+    """build/tools: the helpers built from verify/ (the model generator, the log shim)."""
+    return ROOT / "build" / "tools"
+
+
 def models_dir():
     """MODELS_DIR (relative to the repository root, as the Makefile gives it), else
     .cache/models (where 'make models' writes)."""
