@@ -10,6 +10,7 @@ output still lacks what the tool writes last is run again, up to MAX_ATTEMPTS
 times, and is never compared or measured.
 """
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -26,14 +27,14 @@ def log_shim():
     shim = paths.tools_dir() / "flush-log-at-exit.so"
     if shim.is_file() and shim.stat().st_mtime >= LOG_SHIM_SOURCE.stat().st_mtime:
         return shim
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    cc = shlex.split(os.environ.get("CC", "")) or [c for c in (shutil.which("cc") or shutil.which("gcc"),) if c]
     if not cc:
         raise HarnessError(f"no C compiler (CC, cc or gcc) to build {shim} from {LOG_SHIM_SOURCE}")
     shim.parent.mkdir(parents=True, exist_ok=True)
     # Built beside its final name and renamed: a reader never sees half a library.
     fd, tmp = tempfile.mkstemp(dir=shim.parent, suffix=".so")
     os.close(fd)
-    proc = subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-shared", "-fPIC", "-o", tmp, str(LOG_SHIM_SOURCE), "-ldl"],
+    proc = subprocess.run([*cc, "-O2", "-Wall", "-Wextra", "-shared", "-fPIC", "-o", tmp, str(LOG_SHIM_SOURCE), "-ldl"],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         os.unlink(tmp)
@@ -44,11 +45,15 @@ def log_shim():
 
 
 def with_log_shim(env):
-    """A copy of env (default: this process's) with the log shim added to LD_PRELOAD,
-    after what is there (a sanitizer's runtime must come first)."""
+    """A copy of env (default: this process's) with the log shim added to LD_PRELOAD, after
+    what is there. A tool built with AddressSanitizer wants its runtime first among the
+    libraries it starts with, and refuses to run otherwise: the shim only interposes
+    common_init, so that check is turned off (verify_asan_link_order=0) for it."""
     env = dict(os.environ if env is None else env)
     preload = [p for p in env.get("LD_PRELOAD", "").split(":") if p]
     env["LD_PRELOAD"] = ":".join(preload + [str(log_shim())])
+    asan = [o for o in env.get("ASAN_OPTIONS", "").split(":") if o]
+    env["ASAN_OPTIONS"] = ":".join(asan + ["verify_asan_link_order=0"])
     return env
 
 
