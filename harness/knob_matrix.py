@@ -10,15 +10,15 @@ from . import trailers
 
 COMBINED = {
     "with-prefix-cache": ("LLAMA_GDN_INPLACE", "LLAMA_GDN_IDS", "LLAMA_GDN_SSM_OUT_2D", "LLAMA_KV_PAGED",
-                          "LLAMA_PREFILL_BUDGET", "LLAMA_DECODE_TARGET_MS", "LLAMA_PREFIX_CACHE"),
+                          "LLAMA_KV_MAX_MIB", "LLAMA_PREFILL_BUDGET", "LLAMA_DECODE_TARGET_MS", "LLAMA_PREFIX_CACHE"),
     "with-memory-cap": ("LLAMA_GDN_INPLACE", "LLAMA_GDN_IDS", "LLAMA_GDN_SSM_OUT_2D", "LLAMA_KV_PAGED",
                         "LLAMA_KV_MAX_MIB", "LLAMA_PREFILL_BUDGET", "LLAMA_DECODE_TARGET_MS"),
 }
 # Knobs on by default: every combination runs with them on, as users do (the gate's setting of such a
 # knob is the one that turns it off, stock's behaviour, which is not what composes)
 DEFAULT_ON = ("LLAMA_REQUEUE_DEFERRED",)
-# the prefix cache's blocks are not in LLAMA_KV_MAX_MIB's budget yet (docs/KNOBS.md, paged/0029)
-REFUSED_PAIRS = [("LLAMA_PREFIX_CACHE", "LLAMA_KV_MAX_MIB")]
+# none since paged/0061 (the prefix cache inside LLAMA_KV_MAX_MIB); a pair the series refuses goes here
+REFUSED_PAIRS = []
 
 
 def knob_name(knob):
