@@ -64,6 +64,31 @@ def ask(srv, prompt, slot):
     return srv.complete(prompt, N_PREDICT, n_probs=2, id_slot=slot)
 
 
+class PeakPoller:
+    """Polls /metrics while requests run: the largest kv_cache_used_bytes seen."""
+
+    def __init__(self, srv, period_s=0.05):
+        self.srv, self.period_s, self.peak = srv, period_s, 0.0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.run)
+
+    def run(self):
+        while not self.stopped.is_set():
+            try:
+                self.peak = max(self.peak, self.srv.metrics(timeout=5)["kv_cache_used_bytes"])
+            except Exception:  # noqa: BLE001 - a busy server answers the next poll
+                pass
+            self.stopped.wait(self.period_s)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopped.set()
+        self.thread.join()
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_the_cache_fills_the_budget_and_gives_it_up_before_a_request_waits(model, tmp_path, report):
     """8 prompts of ~330 tokens one after another, alternating slots, under a budget that holds
@@ -76,13 +101,14 @@ def test_the_cache_fills_the_budget_and_gives_it_up_before_a_request_waits(model
     prompts = distinct_prompts()
     with LlamaServer(bin_dir("paged"), gate.MODELS_DIR / f"{model}.gguf", args(), env=builds.run_env("paged", knobs(budget_mib)),
                      log_path=tmp_path / "budget.log", label="budget") as srv:
-        answers, peak, reclaimable = [], 0.0, []
-        for i, p in enumerate(prompts):
-            answers.append(ask(srv, p, i % N_SLOTS))
-            m = srv.metrics()
-            peak = max(peak, m["kv_cache_used_bytes"])
-            reclaimable.append((m["kv_budget_reclaimable_bytes"], m["kv_cache_used_bytes"]))
-        again = ask(srv, prompts[-1], 0)
+        answers, reclaimable = [], []
+        with PeakPoller(srv) as poll:
+            for i, p in enumerate(prompts):
+                answers.append(ask(srv, p, i % N_SLOTS))
+                m = srv.metrics()
+                reclaimable.append((m["kv_budget_reclaimable_bytes"], m["kv_cache_used_bytes"]))
+            again = ask(srv, prompts[-1], 0)
+        peak = max(poll.peak, m["kv_cache_used_bytes"])
         m = srv.metrics()
         log = srv.log_path.read_text(errors="replace")
     n_tokens = sum(a["timings"]["prompt_n"] + a["timings"]["predicted_n"] for a in answers)
@@ -97,10 +123,11 @@ def test_the_cache_fills_the_budget_and_gives_it_up_before_a_request_waits(model
     assert m["kv_budget_reclaimed_blocks_total"] > 0
     assert m["kv_budget_preemptions_total"] == 0
     assert "no room for" not in log, "a request waited while cached blocks could have gone"
-    assert peak <= budget_mib * 2**20
+    # the Prometheus text has 6 significant digits
+    assert peak <= budget_mib * 2**20 * (1 + 1e-5)
     # between requests no request holds anything: what the cache keeps is reclaimable, a good part
-    # of what the caches hold (all but the slots' own cells and states)
-    assert all(0.25 * used < r <= used for r, used in reclaimable), reclaimable
+    # of what the caches hold (all but the slots' own states)
+    assert all(r > 0.25 * used for r, used in reclaimable), reclaimable
     # what fits stays cached: the last prompt is a hit (its last token is computed for its logits;
     # on a hybrid model from the state kept before it)
     assert again["timings"]["cache_n"] >= answers[-1]["timings"]["prompt_n"] - BLOCK - 1, again["timings"]
@@ -108,6 +135,38 @@ def test_the_cache_fills_the_budget_and_gives_it_up_before_a_request_waits(model
                      log_path=tmp_path / "cold.log", label="cold") as srv:
         cold = ask(srv, prompts[-1], 0)
     compare(model, cold, again)
+
+
+def test_a_waiting_prompt_keeps_the_cached_blocks_it_starts_with(tmp_path, report):
+    """A prompt that needs cached blocks evicted to fit keeps the ones it starts with, even when
+    they are the least recently used: A (a prefix P and a short tail), then X (another prompt),
+    fill the budget; B (P and a long tail) needs room, which A's tail and X's blocks give, not P's."""
+    model = "gate-llama"
+    per_token, _ = bytes_per_token_and_state(model, tmp_path)
+    budget_mib = 2  # about 1000 tokens of gate-llama's cells
+    n_room = int(budget_mib * 2**20 / per_token)
+    with LlamaServer(bin_dir("paged"), gate.MODELS_DIR / f"{model}.gguf", args(), env=builds.run_env("paged", knobs(budget_mib)),
+                     log_path=tmp_path / "hold.log", label="hold") as srv:
+        def tokens(text):
+            return srv.post("/tokenize", {"content": text})["tokens"]
+        p = tokens(gate_words(330, 801))[:400]
+        a = p + tokens(" " + gate_words(12, 802))
+        x = tokens("x " + gate_words(330, 803))[:n_room - len(a) - 2 * N_PREDICT - 60]
+        b = p + tokens(" " + gate_words(200, 804))[:250]
+        ask(srv, a, 0)
+        ask(srv, x, 1)
+        before = srv.metrics()
+        warm = ask(srv, b, 1)
+        m = srv.metrics()
+    report(f"LLAMA_KV_MAX_MIB={budget_mib} ({n_room} tokens) {model}: A {len(a)} tokens, X {len(x)}, then B {len(b)} "
+           f"starting with A's {len(p)}: {m['kv_budget_reclaimed_blocks_total'] - before['kv_budget_reclaimed_blocks_total']:.0f} "
+           f"blocks evicted for B, B reused {warm['timings']['cache_n']}")
+    assert m["kv_budget_reclaimed_blocks_total"] > before["kv_budget_reclaimed_blocks_total"], "B fitted without evicting"
+    assert warm["timings"]["cache_n"] == len(p), warm["timings"]
+    with LlamaServer(bin_dir("paged"), gate.MODELS_DIR / f"{model}.gguf", args(), env=builds.run_env("paged", {}),
+                     log_path=tmp_path / "cold.log", label="cold") as srv:
+        cold = ask(srv, b, 1)
+    compare(model, cold, warm)
 
 
 def test_the_budgets_minimum_counts_the_slots_not_the_caches_holders():
@@ -137,6 +196,13 @@ def test_a_prompt_larger_than_the_budget_is_refused_at_once(model):
 SOAK_S = float(os.environ.get("LLAMA_PAGED_SOAK_S", "25"))
 
 
+def common_prefix(a, b):
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_a_soak_of_shared_prefixes_under_a_budget_serves_everything(model, tmp_path, report):
     """4 slots, 6 clients for SOAK_S seconds: prompts that start with one of 3 shared prefixes (so
@@ -151,7 +217,7 @@ def test_a_soak_of_shared_prefixes_under_a_budget_serves_everything(model, tmp_p
     per_token, per_state = bytes_per_token_and_state(model, tmp_path)
     budget_mib = math.ceil((n_slots * per_state + 2 * 950 * per_token) / 2**20)
     prefixes = [gate_words(150 + 100 * i, 700 + i) for i in range(3)]
-    outcomes, lock = [], threading.Lock()
+    outcomes, sent, reused, lock = [], [], [], threading.Lock()
     with LlamaServer(bin_dir("paged"), gate.MODELS_DIR / f"{model}.gguf", soak_args,
                      env=builds.run_env("paged", knobs(budget_mib)), log_path=tmp_path / "soak.log", label="soak") as srv:
         peak = [0.0]
@@ -172,8 +238,12 @@ def test_a_soak_of_shared_prefixes_under_a_budget_serves_everything(model, tmp_p
             rng = random.Random(seed)
             while time.monotonic() < stop_at:
                 prompt = rng.choice(prefixes) + " " + gate_words(rng.randint(5, 300), rng.randint(0, 10**6))
+                salt = rng.choice(["a", "b"])
                 body = {"prompt": prompt, "n_predict": rng.randint(1, 32), "temperature": 0, "cache_prompt": True,
-                        "cache_salt": rng.choice(["a", "b"])}
+                        "cache_salt": salt}
+                with lock:
+                    sent.append((salt, prompt))
+                    n_sent = len(sent)
                 action = rng.random()
                 try:
                     if action < 0.25:
@@ -183,6 +253,9 @@ def test_a_soak_of_shared_prefixes_under_a_budget_serves_everything(model, tmp_p
                         outcome = "erased"
                     else:
                         result = srv.post("/completion", body)
+                        with lock:
+                            # any prompt sent before this answer came may have been computed before it
+                            reused.append((n_sent - 1, result["timings"]["cache_n"], len(sent)))
                         outcome = "done" if result["timings"]["predicted_n"] >= 1 else f"no token: {result}"
                         if result["truncated"]:
                             outcome = "truncated"  # stopped to make room (paged/0020): issue 28 item 2
@@ -197,6 +270,15 @@ def test_a_soak_of_shared_prefixes_under_a_budget_serves_everything(model, tmp_p
         poller.join()
         m = srv.metrics()
         after = srv.complete("the server still serves", 4)
+        # what each request reused must be a prefix it shares with a prompt its own tenant sent before
+        # its answer came (prompts with the BOS the server adds)
+        tokenized = [srv.post("/tokenize", {"content": p, "add_special": True})["tokens"] for _, p in sent]
+    crossed = []
+    for i, cache_n, n_before in reused:
+        own = max((common_prefix(tokenized[i], tokenized[j]) for j in range(n_before) if j != i and sent[j][0] == sent[i][0]),
+                  default=0)
+        if cache_n > own:
+            crossed.append((i, cache_n, own))
     kinds = {}
     for o in outcomes:
         key = o if o in ("done", "cancelled", "erased", "stopped", "truncated") else "error"
@@ -207,6 +289,11 @@ def test_a_soak_of_shared_prefixes_under_a_budget_serves_everything(model, tmp_p
            f"evicted for room, {m['kv_budget_preemptions_total']:.0f} requests stopped")
     failed = [o for o in outcomes if o not in ("done", "cancelled", "erased", "stopped", "truncated")]
     assert not failed, [f[:400] for f in failed[:5]]
+    assert not crossed, f"requests reused more than their tenant's earlier prompts share with them: {crossed[:5]}"
+    # the budget's last resort stops a request now and then (paged/0020; the same soak without the
+    # cache stops 8-9 of ~160 on gate-qwen35); a cache that kept memory from requests would stop many
+    n_requests = sum(kinds.get(k, 0) for k in ("done", "cancelled", "stopped", "truncated"))
+    assert kinds.get("stopped", 0) + kinds.get("truncated", 0) <= 0.1 * n_requests, kinds
     assert kinds.get("done", 0) >= n_clients, kinds
     assert m["prefix_cache_hits_total"] > 0 and m["kv_budget_reclaimed_blocks_total"] > 0, m
     # the Prometheus text has 6 significant digits
