@@ -10,7 +10,8 @@ from . import trailers
 
 COMBINED = {
     "with-prefix-cache": ("LLAMA_GDN_INPLACE", "LLAMA_GDN_IDS", "LLAMA_GDN_SSM_OUT_2D", "LLAMA_KV_PAGED",
-                          "LLAMA_KV_MAX_MIB", "LLAMA_PREFILL_BUDGET", "LLAMA_DECODE_TARGET_MS", "LLAMA_PREFIX_CACHE"),
+                          "LLAMA_KV_MAX_MIB", "LLAMA_PREFILL_BUDGET", "LLAMA_DECODE_TARGET_MS", "LLAMA_PREFIX_CACHE",
+                          "LLAMA_SERVING"),
     "with-memory-cap": ("LLAMA_GDN_INPLACE", "LLAMA_GDN_IDS", "LLAMA_GDN_SSM_OUT_2D", "LLAMA_KV_PAGED",
                         "LLAMA_KV_MAX_MIB", "LLAMA_PREFILL_BUDGET", "LLAMA_DECODE_TARGET_MS"),
 }

@@ -98,8 +98,10 @@ KNOB_SETTING = re.compile(r"\b([A-Z][A-Z0-9_]+)=(\S+)")
 
 # What a knob may require (Requires: trailer): a unified KV cache (-kvu), a model without
 # recurrent layers and without sliding-window attention, or LLAMA_KV_PAGED=1 on hybrid models
-# (the gates set it there with the knob).
-REQUIREMENTS = ("kv-unified", "attention-only", "kv-paged-on-hybrid")
+# (the gates set it there with the knob); or what it brings itself: turns-on-kv-unified (the
+# serving profile turns on --kv-unified, so the server gate compares it with stock -kvu in both
+# modes and checks that a server started without -kvu says it turned it on).
+REQUIREMENTS = ("kv-unified", "attention-only", "kv-paged-on-hybrid", "turns-on-kv-unified")
 
 
 def requirements_of(trailers):

@@ -379,6 +379,12 @@ def case_agreement_min(model, want, other_split):
     return {case: min(CASE_AGREEMENT_MIN, share) for case, (share, _) in own.items()}
 
 
+def prefix_cache_on(knob_items):
+    """The knobs turn the prefix cache on: themselves, or through the serving profile (paged/0062)."""
+    knobs = dict(knob_items)
+    return knobs.get("LLAMA_PREFIX_CACHE") == "1" or (knobs.get("LLAMA_SERVING") == "1" and knobs.get("LLAMA_PREFIX_CACHE") != "0")
+
+
 def assert_agrees(what, model, kv_unified, knob_items, report):
     """A knob that is not bit-exact against stock: agreement() finds no problem and every case
     reaches case_agreement_min()."""
@@ -392,7 +398,7 @@ def assert_agrees(what, model, kv_unified, knob_items, report):
            f"(lowest: {worst}, bound {bounds[worst]:.1%}), largest logprob difference {max(v[1] for v in shares.values()):.3g}")
     where = f"{what} {model} {mode_name(kv_unified)}"
     reused = [r for r, _, _ in paged["second-wave-reused"]]
-    if dict(knob_items).get("LLAMA_PREFIX_CACHE") and model in gate.HYBRID_GATE_MODELS:
+    if prefix_cache_on(knob_items) and model in gate.HYBRID_GATE_MODELS:
         # documented (docs/KNOBS.md, 0029): on hybrid models the cache's states replace the slots'
         # context checkpoints, and a prompt too short to have one recomputes where stock restores a
         # checkpoint; the first of the four (40 words) does
@@ -430,6 +436,15 @@ def test_paged_server_with_each_knob(knob, model, kv_unified, report):
         report(f"server gate {knob.name} {model} {mode_name(kv_unified)}: refused (needs {', '.join(unmet)})")
         return
     knob_items = tuple(sorted(knob_env(knob, model).items()))
+    if "turns-on-kv-unified" in knob.requires and not kv_unified:
+        # the knob turns on --kv-unified itself (the serving profile): a server started without -kvu
+        # must say so, and the comparison is the unified one, against stock -kvu
+        with LlamaServer(bin_dir("paged"), gate.MODELS_DIR / f"{model}.gguf", server_args(False) + ["-t", str(gate.THREADS)],
+                         env=builds.run_env("paged", dict(knob_items)), label="turns-on-kvu") as srv:
+            srv.complete("hello", 4)
+            log = srv.log_tail(400)
+        assert "--kv-unified (profile" in log, f"{knob.name} {model}: started without -kvu, it did not say it turned it on:\n{log[-2000:]}"
+        kv_unified = True
     if knob.bit_exact or (knob.bit_exact_per_slot and not kv_unified):
         claim = "yes" if knob.bit_exact else "per-slot"
         (stock, stock_cmd), (paged, paged_cmd) = run_schedules(model, kv_unified, STOCK, ("paged", knob_items, UBATCH))

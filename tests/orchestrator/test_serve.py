@@ -24,8 +24,10 @@ def test_serve_then_serve_stop(tmp_path):
         up = make("serve", f"MODEL={model}", env=env)
         assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
         assert f"is up: http://127.0.0.1:{port}" in up.stdout
-        # the recommended knobs come from the patch trailers
-        assert "knobs: LLAMA_GDN_IDS=1 LLAMA_GDN_SSM_OUT_2D=1" in up.stdout, up.stdout
+        # the recommended knobs come from the patch trailers: the serving profile (paged/0062)
+        assert "knobs: LLAMA_SERVING=1" in up.stdout, up.stdout
+        log = (tmp_path / "llama-server.log").read_text(errors="replace")
+        assert "LLAMA_SERVING=1: LLAMA_KV_PAGED=1 (profile" in log and "--kv-unified (profile" in log, log[-3000:]
         pid = int(pidfile.read_text())
         assert http_get_json(port, "/health")[0] == 200
 

@@ -44,18 +44,15 @@ from harness import paths  # noqa: E402  (the repository's harness: where the bu
 from harness.errors import HarnessError  # noqa: E402
 OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed", "absent")
 
+# The serving profile (LLAMA_SERVING=1, paged/0062: LLAMA_KV_PAGED, LLAMA_PREFIX_CACHE,
+# LLAMA_DECODE_TARGET_MS=1000, the GDN knobs, --kv-unified), as `make serve` runs it, and
 # LLAMA_KV_MAX_MIB at the gates' 4096 (paged/0061: the prefix cache inside it), which the suite's
 # small model never fills: every admission and reclaim check runs, none binds. LLAMA_REQUEUE_DEFERRED=1
-# is the default, named for the record. The GDN knobs (`make serve`'s recommended ones) change
-# nothing on a non-hybrid model, and cost nothing.
+# is the default, named for the record.
 SERVING_KNOBS = {
-    "LLAMA_KV_PAGED": "1",
+    "LLAMA_SERVING": "1",
     "LLAMA_KV_MAX_MIB": "4096",
-    "LLAMA_PREFIX_CACHE": "1",
-    "LLAMA_DECODE_TARGET_MS": "1000",
     "LLAMA_REQUEUE_DEFERRED": "1",
-    "LLAMA_GDN_IDS": "1",
-    "LLAMA_GDN_SSM_OUT_2D": "1",
 }
 
 # name: (build, knobs, force --kv-unified, baseline)
