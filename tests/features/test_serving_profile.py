@@ -3,6 +3,9 @@ series' serving knobs together (paged KV, the prefix cache, the latency target, 
 defaults a user can override, and --kv-unified for the prefix cache. The server gate runs it on
 every gate model in both KV modes (its Knob: trailer) and the upstream suite's serving run uses it;
 this file checks what it turns on, what the user keeps, what it prints, and its refusals."""
+import re
+import subprocess
+
 import pytest
 
 from conftest import bin_dir
@@ -77,5 +80,37 @@ def test_a_bad_value_stops_the_server_naming_the_knob(value):
 def test_a_flag_the_profile_cannot_serve_is_named_with_it(args, flag):
     out = server_refusal(bin_dir("paged"), gate.MODELS_DIR / "gate-llama.gguf", {"LLAMA_SERVING": "1"},
                          args=("-c", "4096", "-np", "2", *args), threads=gate.THREADS)
-    assert "LLAMA_SERVING=1 turns on LLAMA_PREFIX_CACHE=1" in out and flag in out, out[-1500:]
+    assert "LLAMA_SERVING=1 turns on the prefix cache, which cannot serve this server: LLAMA_PREFIX_CACHE=1" in out, out[-1500:]
+    assert flag in out, out[-1500:]
     assert "set LLAMA_PREFIX_CACHE=0 for the rest of the profile" in out
+
+
+@pytest.fixture(scope="module")
+def models_the_cache_cannot_serve(tmp_path_factory):
+    """Upstream's random mamba (recurrent) and gemma3 (sliding-window attention) models."""
+    out = tmp_path_factory.mktemp("archs")
+    for arch in ("mamba", "gemma3"):
+        subprocess.run([str(bin_dir("paged") / "test-llama-archs"), "-a", f"^{arch}$", "-s", "3", "-o", str(out)],
+                       check=True, capture_output=True, timeout=300)
+    return {p.name.split("-")[0]: p for p in out.glob("*.gguf")}
+
+
+@pytest.mark.parametrize("arch,why", [("mamba", "a recurrent model has no attention cells to share"),
+                                      ("gemma3", "it does not serve sliding-window attention models yet")])
+def test_a_model_the_cache_cannot_serve_runs_the_rest_of_the_profile(arch, why, models_the_cache_cannot_serve, tmp_path):
+    """Decided from the model file before the context exists: no holder sequences, no unified KV
+    for a cache that is off, the rest of the profile on. Set by the user, the cache still refuses."""
+    model = models_the_cache_cannot_serve[arch]
+    base = ["-np", "2", "-c", "4096", "-t", str(gate.THREADS), "--metrics", "-lv", "4"]
+    with LlamaServer(bin_dir("paged"), model, base, env=builds.run_env("paged", {"LLAMA_SERVING": "1"}),
+                     log_path=tmp_path / f"{arch}.log", label=arch) as srv:
+        r = srv.complete("hello", N_PREDICT)
+        m = srv.metrics()
+        log = srv.log_path.read_text(errors="replace")
+    assert r["timings"]["predicted_n"] == N_PREDICT
+    assert f"LLAMA_SERVING=1: the prefix cache is off: {why}; the rest of the profile applies" in log, log[-3000:]
+    assert "--kv-unified (profile" not in log and re.search(r"n_seq_max +=  *2$", log, re.M), log[-3000:]
+    assert "prefix_cache_hits_total" not in m and "kv_cache_used_bytes" in m
+    out = server_refusal(bin_dir("paged"), model, {"LLAMA_PREFIX_CACHE": "1", "LLAMA_KV_PAGED": "1"},
+                         args=("-c", "4096", "-np", "2", "-kvu"), threads=gate.THREADS)
+    assert "LLAMA_PREFIX_CACHE=1 does not support" in out, out[-1500:]
