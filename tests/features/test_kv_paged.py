@@ -14,6 +14,7 @@ import pytest
 
 from conftest import bin_dir
 from harness import builds, procmem, server_log, soak, sse
+from harness.metrics_poller import MetricsPoller
 from harness.answers import compare
 from harness.prompts import gate_words
 from harness.server import LlamaServer
@@ -153,34 +154,6 @@ def cache_sizes(tmp_path, args):
                      env=builds.run_env("paged", {KNOB: "1"}), log_path=log):
         pass
     return server_log.buffer_sizes(log.read_text(errors="replace"))["by_kind"]
-
-
-class MetricsPoller:
-    """Polls /metrics while requests run: the largest value seen of each name."""
-
-    def __init__(self, srv, names, period_s=0.05):
-        self.srv, self.names, self.period_s = srv, names, period_s
-        self.peak = {name: 0.0 for name in names}
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self.run)
-
-    def run(self):
-        while not self.stopped.is_set():
-            try:
-                now = self.srv.metrics(timeout=5)
-            except Exception:  # noqa: BLE001 - a busy server answers the next poll
-                now = {}
-            for name in self.names:
-                self.peak[name] = max(self.peak[name], now.get(name, 0.0))
-            self.stopped.wait(self.period_s)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stopped.set()
-        self.thread.join()
 
 
 def budget_args(kv_unified, n_slots, ctx):

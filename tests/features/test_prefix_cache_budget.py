@@ -21,6 +21,7 @@ import pytest
 from conftest import bin_dir
 from harness import builds, server_log, soak, sse
 from harness.answers import compare
+from harness.metrics_poller import MetricsPoller
 from harness.prompts import gate_words
 from harness.server import LlamaServer
 from verify import gate
@@ -64,31 +65,6 @@ def ask(srv, prompt, slot):
     return srv.complete(prompt, N_PREDICT, n_probs=2, id_slot=slot)
 
 
-class PeakPoller:
-    """Polls /metrics while requests run: the largest kv_cache_used_bytes seen."""
-
-    def __init__(self, srv, period_s=0.05):
-        self.srv, self.period_s, self.peak = srv, period_s, 0.0
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self.run)
-
-    def run(self):
-        while not self.stopped.is_set():
-            try:
-                self.peak = max(self.peak, self.srv.metrics(timeout=5)["kv_cache_used_bytes"])
-            except Exception:  # noqa: BLE001 - a busy server answers the next poll
-                pass
-            self.stopped.wait(self.period_s)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stopped.set()
-        self.thread.join()
-
-
 @pytest.mark.parametrize("model", MODELS)
 def test_the_cache_fills_the_budget_and_gives_it_up_before_a_request_waits(model, tmp_path, report):
     """8 prompts of ~330 tokens one after another, alternating slots, under a budget that holds
@@ -102,13 +78,13 @@ def test_the_cache_fills_the_budget_and_gives_it_up_before_a_request_waits(model
     with LlamaServer(bin_dir("paged"), gate.MODELS_DIR / f"{model}.gguf", args(), env=builds.run_env("paged", knobs(budget_mib)),
                      log_path=tmp_path / "budget.log", label="budget") as srv:
         answers, reclaimable = [], []
-        with PeakPoller(srv) as poll:
+        with MetricsPoller(srv, ["kv_cache_used_bytes"]) as poll:
             for i, p in enumerate(prompts):
                 answers.append(ask(srv, p, i % N_SLOTS))
                 m = srv.metrics()
                 reclaimable.append((m["kv_budget_reclaimable_bytes"], m["kv_cache_used_bytes"]))
             again = ask(srv, prompts[-1], 0)
-        peak = max(poll.peak, m["kv_cache_used_bytes"])
+        peak = max(poll.peak["kv_cache_used_bytes"], m["kv_cache_used_bytes"])
         m = srv.metrics()
         log = srv.log_path.read_text(errors="replace")
     n_tokens = sum(a["timings"]["prompt_n"] + a["timings"]["predicted_n"] for a in answers)
@@ -220,19 +196,7 @@ def test_a_soak_of_shared_prefixes_under_a_budget_serves_everything(model, tmp_p
     outcomes, sent, reused, lock = [], [], [], threading.Lock()
     with LlamaServer(bin_dir("paged"), gate.MODELS_DIR / f"{model}.gguf", soak_args,
                      env=builds.run_env("paged", knobs(budget_mib)), log_path=tmp_path / "soak.log", label="soak") as srv:
-        peak = [0.0]
         stop_at = time.monotonic() + SOAK_S
-
-        def poll():
-            while time.monotonic() < stop_at + 5:
-                try:
-                    peak[0] = max(peak[0], srv.metrics(timeout=5)["kv_cache_used_bytes"])
-                except Exception:  # noqa: BLE001 - a busy server answers the next poll
-                    pass
-                time.sleep(0.2)
-
-        poller = threading.Thread(target=poll)
-        poller.start()
 
         def client(seed):
             rng = random.Random(seed)
@@ -266,8 +230,9 @@ def test_a_soak_of_shared_prefixes_under_a_budget_serves_everything(model, tmp_p
                 with lock:
                     outcomes.append(outcome)
 
-        soak.run_clients_then_erase(srv, client, n_clients, n_slots)
-        poller.join()
+        with MetricsPoller(srv, ["kv_cache_used_bytes"], period_s=0.2) as poll:
+            soak.run_clients_then_erase(srv, client, n_clients, n_slots)
+        peak = [poll.peak["kv_cache_used_bytes"]]
         m = srv.metrics()
         after = srv.complete("the server still serves", 4)
         # what each request reused must be a prefix it shares with a prompt its own tenant sent before
@@ -295,7 +260,11 @@ def test_a_soak_of_shared_prefixes_under_a_budget_serves_everything(model, tmp_p
     n_requests = sum(kinds.get(k, 0) for k in ("done", "cancelled", "stopped", "truncated"))
     assert kinds.get("stopped", 0) + kinds.get("truncated", 0) <= 0.1 * n_requests, kinds
     assert kinds.get("done", 0) >= n_clients, kinds
-    assert m["prefix_cache_hits_total"] > 0 and m["kv_budget_reclaimed_blocks_total"] > 0, m
+    assert m["kv_budget_reclaimed_blocks_total"] > 0, m
+    if model not in gate.HYBRID_GATE_MODELS:
+        # on a hybrid model a hit needs a kept state, of which this budget holds few (about six of
+        # 1.57 MiB): 0-4% of prompt tokens hit there, sometimes none (docs/PREFIX_CACHE.md)
+        assert m["prefix_cache_hits_total"] > 0, m
     # the Prometheus text has 6 significant digits
     assert peak[0] <= budget_mib * 2**20 * (1 + 1e-5)
     assert after["timings"]["predicted_n"] >= 1
