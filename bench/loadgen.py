@@ -66,6 +66,15 @@ def parse_args(argv):
     return args
 
 
+def prompt_tokens(server, prompt):
+    """The token ids the server computes for a prompt sent: a text as a completion tokenizes it,
+    a chat's messages as the chat template renders them (and the chat tokenizes that)."""
+    if isinstance(prompt, list):
+        text = server.post("/apply-template", {"messages": prompt})["prompt"]
+        return server.post("/tokenize", {"content": text, "add_special": True, "parse_special": True})["tokens"]
+    return server.post("/tokenize", {"content": prompt, "add_special": True})["tokens"]
+
+
 def run_build(args, build, workload, waves, knobs, log_dir):
     """Starts this build's server, runs the plan, stops the server (always)."""
     bin_dir = builds.bin_dirs(args)[build]
@@ -80,8 +89,7 @@ def run_build(args, build, workload, waves, knobs, log_dir):
         except OSError:
             slots = None
         recs = loadrun.execute(server.port, workload, waves)
-        loadrun.add_shared_prefixes(
-            recs, lambda text: server.post("/tokenize", {"content": text, "add_special": True})["tokens"])
+        loadrun.add_shared_prefixes(recs, lambda prompt: prompt_tokens(server, prompt))
     metrics = loadrun.run_metrics(recs, len(waves))
     failed = metrics["overall"]["n_errors"] > 0
     if failed or args.keep_logs:

@@ -9,13 +9,13 @@ import threading
 import time
 
 from . import stats
-from .sse import stream_completion
+from .sse import stream_chat, stream_completion
 
 
 def request_body(workload, req):
-    return {
-        "prompt": req["prompt"],
-        "n_predict": req["n_predict"],
+    """The body of req's request: prompt is a text (/completion) or, in a chat workload, the
+    list of messages (/v1/chat/completions)."""
+    body = {
         "cache_prompt": True,
         "temperature": 0.0,
         "seed": workload["seed"],
@@ -23,6 +23,15 @@ def request_body(workload, req):
         # build than the other, and the runs would not be comparable.
         "ignore_eos": workload["ignore_eos"],
     }
+    if workload.get("chat"):
+        return dict(body, messages=req["prompt"], max_tokens=req["n_predict"])
+    return dict(body, prompt=req["prompt"], n_predict=req["n_predict"])
+
+
+def first_turn(req):
+    """What req sends when it starts a conversation: its text, or in a chat its messages."""
+    return [*([{"role": "system", "content": req["system"]}] if req["system"] else []),
+            {"role": "user", "content": req["prompt"]}]
 
 
 def execute(port, workload, waves):
@@ -33,14 +42,20 @@ def execute(port, workload, waves):
     records = {}
     threads = []
 
+    chat = workload.get("chat", False)
+
     def worker(req):
-        prompt = req["prompt"]
+        prompt = first_turn(req) if chat else req["prompt"]
         if "continues" in req:
             # a chat's next turn: the conversation so far (its wave ended before this one began)
             earlier = records[req["continues"]]
-            prompt = earlier["prompt_sent"] + earlier.get("content", "") + " " + prompt
-        rec = stream_completion(port, request_body(workload, dict(req, prompt=prompt)), t0,
-                                timeout=workload["request_timeout_s"])
+            if chat:
+                prompt = [*earlier["prompt_sent"], {"role": "assistant", "content": earlier.get("content", "")},
+                          {"role": "user", "content": req["prompt"]}]
+            else:
+                prompt = earlier["prompt_sent"] + earlier.get("content", "") + " " + prompt
+        stream = stream_chat if chat else stream_completion
+        rec = stream(port, request_body(workload, dict(req, prompt=prompt)), t0, timeout=workload["request_timeout_s"])
         rec.update(id=req["id"], wave=req["wave"], has_prefix=req["has_prefix"],
                    approx_tokens=req["approx_tokens"], n_predict=req["n_predict"], prompt_sent=prompt)
         records[req["id"]] = rec
@@ -78,8 +93,9 @@ def shared_prefixes(token_lists, send_times):
 
 
 def add_shared_prefixes(recs, tokenize):
-    """Sets shared_n on every record; tokenize(text) gives the token ids the server computes for
-    a prompt (POST /tokenize with add_special, as a completion does)."""
+    """Sets shared_n on every record; tokenize(prompt) gives the token ids the server computes for
+    a prompt sent (a text: POST /tokenize with add_special, as a completion does; a chat's
+    messages: the chat template's text first)."""
     ok = [r for r in recs if r["error"] is None]
     tokens = [tokenize(r["prompt_sent"]) for r in ok]
     for rec, n in zip(ok, shared_prefixes(tokens, [r["t_send"] for r in ok])):

@@ -13,7 +13,7 @@ import time
 from .server import HOST
 
 
-def stream_completion(port, body, t0, timeout=900.0, on_tokens=None):
+def stream_completion(port, body, t0, timeout=900.0, on_tokens=None, path="/completion"):
     """POSTs body (stream forced on) and returns a record with times relative to
     t0 (a time.perf_counter() origin shared by all requests of a run):
     t_send, t_first, t_end, token_times (one per token), content, timings, error.
@@ -25,7 +25,7 @@ def stream_completion(port, body, t0, timeout=900.0, on_tokens=None):
     content = []
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
-        conn.request("POST", "/completion", body=json.dumps(body),
+        conn.request("POST", path, body=json.dumps(body),
                      headers={"Content-Type": "application/json"})
         resp = conn.getresponse()
         if resp.status != 200:
@@ -48,9 +48,16 @@ def stream_completion(port, body, t0, timeout=900.0, on_tokens=None):
                 rec["error"] = json.dumps(event["error"])[:500]
                 break
             # One event normally carries one token; count by tokens_predicted so an
-            # event that carries several (speculative decoding) still adds up.
-            predicted = event.get("tokens_predicted", seen)
-            content.append(event.get("content", ""))
+            # event that carries several (speculative decoding) still adds up. A chat's events
+            # (OpenAI's chunks) carry no count: one token each that brings text
+            if "choices" in event:
+                delta = (event["choices"] or [{}])[0].get("delta", {})
+                text = (delta.get("content") or "") + (delta.get("reasoning_content") or "")
+                predicted = seen + 1 if text else seen
+                content.append(delta.get("content") or "")
+            else:
+                predicted = event.get("tokens_predicted", seen)
+                content.append(event.get("content", ""))
             if predicted > seen:
                 rec["token_times"].extend([now] * (predicted - seen))
                 seen = predicted
@@ -58,9 +65,13 @@ def stream_completion(port, body, t0, timeout=900.0, on_tokens=None):
                     on_tokens(seen)
             if event.get("timings"):
                 rec["timings"] = event["timings"]
-            if event.get("stop"):
+            if event.get("stop") or ("choices" in event and event["choices"] and event["choices"][0].get("finish_reason")):
                 break
         rec["n_predicted"] = seen
+        if path != "/completion":
+            # a chat's chunks follow the parsed text, not the tokens (a token that adds no text
+            # sends none): the count is the server's, the times those of the chunks
+            rec["n_predicted"] = (rec["timings"] or {}).get("predicted_n", seen)
         rec["content"] = "".join(content)
     except (OSError, http.client.HTTPException, ValueError) as err:
         rec["error"] = f"{type(err).__name__}: {err}"
@@ -100,3 +111,9 @@ def stream_and_cancel(port, body, after_tokens, timeout=300.0):
                     return "cancelled"
     finally:
         conn.close()
+
+
+def stream_chat(port, body, t0, timeout=900.0, on_tokens=None):
+    """The same for a streaming /v1/chat/completions (OpenAI's chunks: choices[0].delta, and
+    llama-server's timings in the chunk that ends the answer)."""
+    return stream_completion(port, body, t0, timeout=timeout, on_tokens=on_tokens, path="/v1/chat/completions")

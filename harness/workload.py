@@ -13,8 +13,8 @@ from .errors import HarnessError
 
 # Keys that shape requests: allowed at top level (defaults) and in each wave.
 REQUEST_KEYS = {"n_requests", "arrival", "prompt_tokens", "shared_prefix_tokens",
-                "shared_prefix_fraction", "n_predict"}
-TOP_KEYS = REQUEST_KEYS | {"name", "description", "n_slots", "ctx", "seed", "ignore_eos",
+                "shared_prefix_fraction", "n_shared_prefixes", "n_predict"}
+TOP_KEYS = REQUEST_KEYS | {"name", "description", "n_slots", "ctx", "seed", "ignore_eos", "chat",
                            "server_args", "request_timeout_s", "waves"}
 WAVE_KEYS = REQUEST_KEYS | {"name", "start_s", "reuse_prompts_from_wave", "continue_from_wave"}
 ARRIVAL_KEYS = {"all_at_once": {"type"}, "staggered": {"type", "interval_s"},
@@ -99,6 +99,8 @@ def _check_request_keys(where, obj):
         _prompt_tokens(where, obj["prompt_tokens"])
     if "shared_prefix_tokens" in obj:
         _int(where, "shared_prefix_tokens", obj["shared_prefix_tokens"], 0)
+    if "n_shared_prefixes" in obj:
+        _int(where, "n_shared_prefixes", obj["n_shared_prefixes"], 1)
     if "shared_prefix_fraction" in obj:
         _number(where, "shared_prefix_fraction", obj["shared_prefix_fraction"], 0, 1)
 
@@ -113,6 +115,8 @@ def validate(data, where="workload"):
     _int(where, "seed", data.get("seed", 0), 0)
     if not isinstance(data.get("ignore_eos", True), bool):
         _fail(where, "'ignore_eos' must be true or false")
+    if not isinstance(data.get("chat", False), bool):
+        _fail(where, "'chat' must be true or false")
     server_args = data.get("server_args", [])
     if not isinstance(server_args, list) or not all(isinstance(a, (str, int, float)) for a in server_args):
         _fail(where, "'server_args' must be a list of strings")
@@ -137,13 +141,14 @@ def validate(data, where="workload"):
         wave["arrival"] = _arrival(wwhere, wave["arrival"])
         wave.setdefault("shared_prefix_tokens", 0)
         wave.setdefault("shared_prefix_fraction", 1.0)
+        wave.setdefault("n_shared_prefixes", 1)
         if "start_s" in raw:
             _number(wwhere, "start_s", raw["start_s"], 0)
         if "reuse_prompts_from_wave" in raw:
             src = raw["reuse_prompts_from_wave"]
             if isinstance(src, bool) or not isinstance(src, int) or not 0 <= src < i:
                 _fail(wwhere, f"'reuse_prompts_from_wave' must be the index of an earlier wave, got {src!r}")
-            clash = sorted({"prompt_tokens", "shared_prefix_tokens", "shared_prefix_fraction"} & set(raw))
+            clash = sorted({"prompt_tokens", "shared_prefix_tokens", "shared_prefix_fraction", "n_shared_prefixes"} & set(raw))
             if clash:
                 _fail(wwhere, f"{', '.join(clash)} cannot be combined with 'reuse_prompts_from_wave' "
                               "(the prompts are the earlier wave's)")
@@ -152,7 +157,8 @@ def validate(data, where="workload"):
             src = raw["continue_from_wave"]
             if isinstance(src, bool) or not isinstance(src, int) or not 0 <= src < i:
                 _fail(wwhere, f"'continue_from_wave' must be the index of an earlier wave, got {src!r}")
-            clash = sorted({"reuse_prompts_from_wave", "shared_prefix_tokens", "shared_prefix_fraction", "start_s"} & set(raw))
+            clash = sorted({"reuse_prompts_from_wave", "shared_prefix_tokens", "shared_prefix_fraction", "n_shared_prefixes",
+                            "start_s"} & set(raw))
             if clash:
                 _fail(wwhere, f"{', '.join(clash)} cannot be combined with 'continue_from_wave' (a next turn starts "
                               "with the earlier turn's prompt and answer, once that turn has ended)")
@@ -165,6 +171,7 @@ def validate(data, where="workload"):
     out = {k: v for k, v in data.items() if k not in REQUEST_KEYS and k != "waves"}
     out.setdefault("seed", 0)
     out.setdefault("ignore_eos", True)
+    out.setdefault("chat", False)
     out.setdefault("server_args", [])
     out.setdefault("request_timeout_s", 900)
     out["waves"] = waves
@@ -215,7 +222,9 @@ def _offsets(arrival, n, wave_index):
 def plan(workload):
     """The concrete requests, wave by wave: [{'name', 'start_s', 'requests': [...]}]
     where each request has id, wave, offset_s (from the wave's start), prompt,
-    n_predict, has_prefix and approx_tokens."""
+    system, n_predict, has_prefix and approx_tokens. A chat workload sends system (the
+    shared prefix, if any) as the system message and prompt as the user message; otherwise
+    prompt is the whole text and system the part of it that is shared."""
     seed = workload["seed"]
     waves_out = []
     for wi, wave in enumerate(workload["waves"]):
@@ -228,27 +237,32 @@ def plan(workload):
             for i, tail_len in enumerate(_tail_lengths(wave, seed, wi)):
                 src = source[i % len(source)]
                 requests.append({"id": f"w{wi}r{i}", "wave": wi, "offset_s": offsets[i],
-                                 "prompt": prompts.unique_prompt(seed, wi, i, tail_len), "continues": src["id"],
+                                 "prompt": prompts.unique_prompt(seed, wi, i, tail_len), "system": "", "continues": src["id"],
                                  "n_predict": wave["n_predict"], "has_prefix": True,
                                  "approx_tokens": src["approx_tokens"] + src["n_predict"] + tail_len})
             waves_out.append({"name": wave["name"], "start_s": None, "requests": requests})
             continue
         if "reuse_prompts_from_wave" in wave:
             source = waves_out[wave["reuse_prompts_from_wave"]]["requests"]
-            shapes = [(source[i % len(source)]["prompt"], source[i % len(source)]["has_prefix"],
-                       source[i % len(source)]["approx_tokens"]) for i in range(wave["n_requests"])]
+            shapes = [(source[i % len(source)]["prompt"], source[i % len(source)]["system"],
+                       source[i % len(source)]["has_prefix"], source[i % len(source)]["approx_tokens"])
+                      for i in range(wave["n_requests"])]
         else:
-            prefix = prompts.shared_prefix(seed, wave["shared_prefix_tokens"])
+            # prefix k > 0 has a seed of its own; the first is the one workloads always had
+            prefixes = [prompts.shared_prefix(seed if k == 0 else f"{seed}:{k}", wave["shared_prefix_tokens"])
+                        for k in range(wave["n_shared_prefixes"])]
             shapes = []
             for i, tail_len in enumerate(_tail_lengths(wave, seed, wi)):
                 tail = prompts.unique_prompt(seed, wi, i, tail_len)
+                prefix = prefixes[i % len(prefixes)]
                 with_prefix = bool(prefix) and _has_prefix(i, wave["shared_prefix_fraction"])
-                text = f"{prefix} {tail}" if with_prefix else tail
+                # a chat sends the prefix as its system message and the tail as its user message
+                text = tail if workload["chat"] or not with_prefix else f"{prefix} {tail}"
                 approx = tail_len + (wave["shared_prefix_tokens"] if with_prefix else 0)
-                shapes.append((text, with_prefix, approx))
-        for i, (text, with_prefix, approx) in enumerate(shapes):
+                shapes.append((text, prefix if with_prefix else "", with_prefix, approx))
+        for i, (text, system, with_prefix, approx) in enumerate(shapes):
             requests.append({"id": f"w{wi}r{i}", "wave": wi, "offset_s": offsets[i], "prompt": text,
-                             "n_predict": wave["n_predict"], "has_prefix": with_prefix,
+                             "system": system, "n_predict": wave["n_predict"], "has_prefix": with_prefix,
                              "approx_tokens": approx})
         waves_out.append({"name": wave["name"], "start_s": wave.get("start_s"), "requests": requests})
     return waves_out

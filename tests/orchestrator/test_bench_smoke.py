@@ -132,7 +132,8 @@ def test_memory_smoke(builds, tiny_model, tmp_path):
 
 def test_loadgen_smoke(builds, tiny_model, tmp_path):
     proc = bench("loadgen.py", "--model", tiny_model, "--workload", SMOKE_WORKLOADS / "burst.json",
-                 SMOKE_WORKLOADS / "shared_prefix.json", SMOKE_WORKLOADS / "chat.json", *build_args(builds),
+                 SMOKE_WORKLOADS / "shared_prefix.json", SMOKE_WORKLOADS / "chat.json",
+                 SMOKE_WORKLOADS / "chat_messages.json", *build_args(builds),
                  "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
 
@@ -172,7 +173,23 @@ def test_loadgen_smoke(builds, tiny_model, tmp_path):
             assert b["prompt_sent"].startswith(a["prompt_sent"] + a["content"]), (a["prompt_sent"], b["prompt_sent"])
             assert b["error"] is None and b["cache_n"] > 0, b
 
-    for name in ("burst", "shared_prefix", "chat"):
+    # A chat workload sends messages to /v1/chat/completions: user i has system prompt i mod 2, and
+    # the second turn sends the first turn's messages, its answer and a new user message.
+    chat = json.loads((tmp_path / "loadgen-chat_messages.json").read_text())
+    for build in ("stock", "paged"):
+        requests = chat["runs"][build]["requests"]
+        first, second = requests[:4], requests[4:]
+        assert [r["prompt_sent"][0]["role"] for r in first] == ["system"] * 4
+        assert first[0]["prompt_sent"][0] == first[2]["prompt_sent"][0] != first[1]["prompt_sent"][0]
+        for a, b in zip(first, second):
+            assert b["prompt_sent"][:3] == [*a["prompt_sent"], {"role": "assistant", "content": a["content"]}], b
+            assert b["prompt_sent"][3]["role"] == "user"
+        for req in requests:
+            assert req["error"] is None and req["n_predicted"] == 8, req
+        # the third user shares the first one's system prompt: the harness sees it as shared
+        assert first[2]["shared_n"] > 0 and all(b["shared_n"] > 0 for b in second), requests
+
+    for name in ("burst", "shared_prefix", "chat", "chat_messages"):
         assert "paged/stock" in (tmp_path / f"loadgen-{name}.md").read_text()
         assert_png(tmp_path / f"loadgen-{name}-ttft.png")
         assert_png(tmp_path / f"loadgen-{name}-itl.png")
