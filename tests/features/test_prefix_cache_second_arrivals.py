@@ -4,8 +4,8 @@ back, so a request can start from cached blocks only where a state was kept at t
 0063 the first request on a system prompt kept none where the system prompt ends, and the second
 computed it all again (gate-qwen35, two chats on a 280-token system prompt: cache_n 0, 0, 283).
 
-A chat keeps states where its messages start (the chat template's delimiters): the second user on
-a system prompt starts where the system message ends. A raw prompt keeps them on a sparse schedule
+A chat keeps states where its earlier messages end (the chat template's rendering of them): the
+second user on a system prompt starts where the system message ends. A raw prompt keeps them on a sparse schedule
 (256, 512, 1024, ... tokens; tests/features/test_prefix_cache.py checks it)."""
 
 import pytest
