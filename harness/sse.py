@@ -13,12 +13,13 @@ import time
 from .server import HOST
 
 
-def stream_completion(port, body, t0, timeout=900.0, on_tokens=None, path="/completion"):
+def stream_completion(port, body, t0, timeout=900.0, on_tokens=None, path="/completion", on_event=None):
     """POSTs body (stream forced on) and returns a record with times relative to
     t0 (a time.perf_counter() origin shared by all requests of a run):
     t_send, t_first, t_end, token_times (one per token), content, timings, error.
     on_tokens(n), if given, is called with the number of tokens received so far
-    after each event that brought tokens (a test can act in the middle of a stream)."""
+    after each event that brought tokens (a test can act in the middle of a stream);
+    on_event(event), if given, with each event as parsed."""
     body = dict(body, stream=True)
     rec = {"t_send": time.perf_counter() - t0, "t_first": None, "t_end": None,
            "token_times": [], "content": "", "timings": None, "n_predicted": 0, "error": None}
@@ -44,6 +45,8 @@ def stream_completion(port, body, t0, timeout=900.0, on_tokens=None, path="/comp
             if payload == b"[DONE]":
                 break
             event = json.loads(payload)
+            if on_event:
+                on_event(event)
             if "error" in event:
                 rec["error"] = json.dumps(event["error"])[:500]
                 break
