@@ -5,6 +5,12 @@
 #   make bench-smoke   the same tools on a tiny random model (seconds)
 #   make bench-sweep   the prefill-budget frontier: stock and each budget setting
 #                      on the staggered workload (bench/sweep.py, docs/SCHEDULER.md)
+#   make bench-capacity  stock with its slots' contexts reserved against the paged
+#                      server capped at the same memory, at rising concurrency
+#                      (bench/capacity.py, docs/BENCHMARKS.md)
+#   make scale-demo    paged replicas behind HAProxy on loopback: prefix affinity
+#                      against round-robin, then a replica stopped midway
+#                      (bench/scale.py, deploy/haproxy/, docs/SCALE-OUT.md)
 #
 # Every variable can be overridden on the command line, e.g.
 #   make bench BENCH_REPS=5 BENCH_KNOBS="LLAMA_X=1" BENCH_MODELS="a.gguf b.gguf"
@@ -42,7 +48,26 @@ BENCH_BUILDS = --stock-bin $(STOCK_BIN) --paged-bin $(PAGED_BIN) --knobs "$(BENC
 SMOKE_DIR   ?= bench/results/smoke
 SMOKE_MODEL ?= $(SMOKE_DIR)/llama-dense.gguf
 
-.PHONY: bench bench-smoke bench-sweep
+.PHONY: bench bench-smoke bench-sweep bench-capacity scale-demo
+
+# Scale-out demo: replicas (each -t SCALE_THREADS), the paged knobs, the workload, and when a
+# replica stops in the third run (seconds in).
+SCALE_REPLICAS ?= 2
+SCALE_THREADS  ?= 1
+SCALE_KNOBS    ?= $(or $(BENCH_KNOBS),LLAMA_SERVING=1)
+SCALE_WORKLOAD ?= bench/workloads/scale.json
+SCALE_STOP_S   ?= 20
+SCALE_SERVER_ARGS ?=
+
+# Capacity at fixed memory: the paged server's knobs (the serving profile unless BENCH_KNOBS says
+# otherwise; the tool adds LLAMA_KV_MAX_MIB), the requests sent at once, stock's slots and the
+# context each slot reserves.
+BENCH_CAPACITY_KNOBS  ?= $(or $(BENCH_KNOBS),LLAMA_SERVING=1)
+BENCH_CAPACITY_LEVELS ?= 4,8,16
+BENCH_CAPACITY_SLOTS  ?= 4
+BENCH_CAPACITY_CTX    ?= 8192
+# extra llama-server arguments of both builds (e.g. --no-repack where the CPU's AMX path fails)
+BENCH_CAPACITY_SERVER_ARGS ?=
 
 # The prefill-budget settings of the sweep: static budgets, batch budgets and latency targets.
 BENCH_SWEEP_WORKLOAD ?= bench/workloads/staggered.json
@@ -71,6 +96,19 @@ bench-sweep: $(BENCH_SERVE_MODEL)
 	@echo "bench-sweep: results in $(BENCH_OUT)"
 	$(PYTHON) bench/sweep.py --model $(BENCH_SERVE_MODEL) --workload $(BENCH_SWEEP_WORKLOAD) \
 	  --points $(BENCH_SWEEP_POINTS) --reps $(BENCH_SWEEP_REPS) $(BENCH_BUILDS) --threads $(THREADS) --out $(BENCH_OUT)
+
+bench-capacity: $(BENCH_SERVE_MODEL)
+	@echo "bench-capacity: results in $(BENCH_OUT)"
+	$(PYTHON) bench/capacity.py --model $(BENCH_SERVE_MODEL) --levels $(BENCH_CAPACITY_LEVELS) \
+	  --stock-slots $(BENCH_CAPACITY_SLOTS) --slot-ctx $(BENCH_CAPACITY_CTX) \
+	  --stock-bin $(STOCK_BIN) --paged-bin $(PAGED_BIN) --knobs "$(BENCH_CAPACITY_KNOBS)" \
+	  --server-args="$(BENCH_CAPACITY_SERVER_ARGS)" --threads $(THREADS) --out $(BENCH_OUT)
+
+scale-demo: $(BENCH_SERVE_MODEL)
+	@echo "scale-demo: results in $(BENCH_OUT)"
+	$(PYTHON) bench/scale.py --model $(BENCH_SERVE_MODEL) --replicas $(SCALE_REPLICAS) --threads $(SCALE_THREADS) \
+	  --workload $(SCALE_WORKLOAD) --stop-one-after $(SCALE_STOP_S) --paged-bin $(PAGED_BIN) --knobs "$(SCALE_KNOBS)" \
+	  --server-args="$(SCALE_SERVER_ARGS)" --out $(BENCH_OUT)
 
 # The tiny model is random weights from test-llama-archs (built with the stock
 # configuration): no download, and the tools run for seconds with -t 1.

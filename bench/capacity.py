@@ -88,6 +88,29 @@ def one_request(port, prompt, n_predict, t0):
     return rec
 
 
+class RunningPoller(MetricsPoller):
+    """The most requests computing at once: in flight on a slot (requests_processing) less those
+    waiting there for room under LLAMA_KV_MAX_MIB (kv_budget_requests_waiting)."""
+
+    def __init__(self, srv, period_s=0.25):
+        super().__init__(srv, [], period_s)
+        self.peak = 0.0
+
+    def run(self):
+        while not self.stopped.is_set():
+            try:
+                now = self.srv.metrics(timeout=5)
+            except Exception:  # noqa: BLE001 - a busy server answers the next poll
+                now = {}
+            if "requests_processing" in now:
+                self.peak = max(self.peak, now["requests_processing"] - now.get("kv_budget_requests_waiting", 0.0))
+            self.stopped.wait(self.period_s)
+
+
+def delta(before, after, name):
+    return after[name] - before.get(name, 0.0) if name in after else None
+
+
 def run_level(srv, level, args):
     reqs = prompts(srv, level, args.prompt_tokens, level)
     recs = [None] * level
@@ -96,12 +119,15 @@ def run_level(srv, level, args):
     def send(i):
         recs[i] = one_request(srv.port, reqs[i], args.n_predict, t0)
     threads = [threading.Thread(target=send, args=(i,)) for i in range(level)]
-    with MetricsPoller(srv, ["requests_processing", "kv_cache_used_bytes"], period_s=0.25) as poll:
+    before = srv.metrics()
+    with MetricsPoller(srv, ["requests_processing", "kv_cache_used_bytes"], period_s=0.25) as poll, \
+            RunningPoller(srv) as running:
         for t in threads:
             t.start()
         for t in threads:
             t.join()
     wall = time.perf_counter() - t0
+    after = srv.metrics()
     done = [r for r in recs if r["error"] is None and not r["truncated"]]
     ttft = [r["t_first"] - r["t_send"] for r in recs if r["t_first"] is not None]
     return {
@@ -115,7 +141,11 @@ def run_level(srv, level, args):
         "ttft_p50_s": stats.percentile(ttft, 50) if ttft else None,
         "ttft_p99_s": stats.percentile(ttft, 99) if ttft else None,
         "peak_in_flight": poll.peak["requests_processing"],
-        "peak_cache_mib": poll.peak["kv_cache_used_bytes"] / 2**20,
+        "peak_running": running.peak,
+        # the paged server's figures (stock has no such lines)
+        "peak_cache_mib": poll.peak["kv_cache_used_bytes"] / 2**20 if "kv_cache_used_bytes" in after else None,
+        "preempted": delta(before, after, "kv_budget_preemptions_total"),
+        "recomputed_tokens": delta(before, after, "kv_budget_recomputed_tokens_total"),
         "errors": [r["error"] for r in recs if r["error"]][:3],
     }
 
@@ -172,7 +202,7 @@ def markdown(args, memory_mib, runs):
            f"{args.slot_ctx}` with `{' '.join(f'{k}={v}' for k, v in runs['paged']['knobs'].items())}`. Each level sends "
            f"that many requests at once: {args.prompt_tokens} prompt tokens (unique), {args.n_predict} generated.\n"]
     header = ["at once", "build", "done", "failed", "truncated", "req/s", "output tok/s", "TTFT p50 ms", "TTFT p99 ms",
-              "most in flight", "cache MiB at most"]
+              "most in flight (computing)", "cache MiB at most", "preempted (tokens again)"]
     rows = []
     for i, level in enumerate(args.levels):
         for build in runs:
@@ -181,13 +211,15 @@ def markdown(args, memory_mib, runs):
                          tables.num(m["output_tok_per_s"], 1),
                          tables.num(None if m["ttft_p50_s"] is None else m["ttft_p50_s"] * MS, 0),
                          tables.num(None if m["ttft_p99_s"] is None else m["ttft_p99_s"] * MS, 0),
-                         f"{m['peak_in_flight']:.0f}", tables.num(m["peak_cache_mib"], 1)])
+                         f"{m['peak_in_flight']:.0f} ({m['peak_running']:.0f})", tables.num(m["peak_cache_mib"], 1),
+                         "" if m["preempted"] is None else f"{m['preempted']:.0f} ({m['recomputed_tokens']:.0f})"])
         s, p = runs["stock"]["levels"][i], runs["paged"]["levels"][i]
         rows.append([level, "paged/stock", "", "", "", tables.num(stats.ratio(p["req_per_s"], s["req_per_s"]), 3),
                      tables.num(stats.ratio(p["output_tok_per_s"], s["output_tok_per_s"]), 3),
                      tables.num(stats.ratio(p["ttft_p50_s"], s["ttft_p50_s"]), 3),
                      tables.num(stats.ratio(p["ttft_p99_s"], s["ttft_p99_s"]), 3),
-                     tables.num(stats.ratio(p["peak_in_flight"], s["peak_in_flight"]), 2), ""])
+                     f"{tables.num(stats.ratio(p['peak_in_flight'], s['peak_in_flight']), 2)} "
+                     f"({tables.num(stats.ratio(p['peak_running'], s['peak_running']), 2)})", "", ""])
     out.append(tables.markdown_table(header, rows))
     return "\n".join(out) + "\n"
 

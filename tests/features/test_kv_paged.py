@@ -296,6 +296,34 @@ def test_when_no_request_can_go_on_the_newest_is_preempted_and_goes_on_later(kv_
     assert served["content"] is not None
 
 
+def test_a_generation_the_budget_cannot_hold_alone_ends_at_its_limit(tmp_path, report):
+    """LLAMA_KV_MAX_MIB (paged 0067): preemption makes room for older requests; a generation alone
+    that outgrows the whole budget cannot go on anywhere, so it ends where the budget does, as at
+    its length limit (finish "length", truncated, all it generated sent), instead of being
+    preempted and computed again for ever; the server goes on serving."""
+    args = budget_args(True, 2, 8192)
+    sizes = cache_sizes(tmp_path, args)
+    per_token = sizes["KV"] * 2**20 / 8192
+    per_state = sizes["RS"] * 2**20 / 2
+    budget_mib = math.ceil((2 * per_state + 600 * per_token) / 2**20)
+    room = int((budget_mib * 2**20 - 2 * per_state) / per_token)
+    env = builds.run_env("paged", {KNOB: "1", "LLAMA_KV_MAX_MIB": str(budget_mib)})
+    with LlamaServer(bin_dir("paged"), gate.MODELS_DIR / "gate-qwen35.gguf", args, env=env,
+                     log_path=tmp_path / "server.log") as srv:
+        alone = srv.complete(server_prompts(1, 40)[0], room + 200, ignore_eos=True)
+        after = srv.metrics()
+        served = srv.complete("a short prompt after that", 8)
+        log = srv.log_tail(400)
+    report(f"LLAMA_KV_MAX_MIB={budget_mib} ({room} cells) gate-qwen35, one generation of {room + 200}: ended at "
+           f"{alone['timings']['prompt_n'] + alone['timings']['predicted_n']} tokens ({alone['stop_type']}, "
+           f"truncated={alone['truncated']})")
+    assert alone["stop_type"] == "limit" and alone["truncated"], alone
+    assert 0 < alone["timings"]["predicted_n"] < room + 200 and alone["content"], alone["timings"]
+    assert after["kv_budget_preemptions_total"] == 1 and after["kv_budget_recomputed_tokens_total"] == 0, after
+    assert "could not go on alone; it ends here, as at its length limit" in log
+    assert served["content"] is not None
+
+
 def test_a_prompt_the_budget_cannot_hold_fails_at_once(tmp_path, report):
     """LLAMA_KV_MAX_MIB (0019): a prompt larger than the whole budget would wait for ever; it fails
     at once with an error that names the knob, and the server goes on."""

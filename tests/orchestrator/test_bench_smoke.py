@@ -245,3 +245,23 @@ def test_sweep_smoke(builds, tiny_model, tmp_path):
     assert "max decode stall (ms)" in table and "LLAMA_PREFILL_BUDGET=16" in table
     assert_png(tmp_path / "sweep-staggered-stall.png")
     assert_png(tmp_path / "sweep-staggered-itl-p99.png")
+
+
+def test_capacity_smoke(builds, tiny_model, tmp_path):
+    """bench/capacity.py: stock with its slots' contexts reserved against the paged server capped
+    at the same memory (LLAMA_KV_MAX_MIB read from stock's log), at two levels."""
+    proc = bench("capacity.py", "--model", tiny_model, "--slot-ctx", 256, "--stock-slots", 2, "--levels", "2,4",
+                 "--prompt-tokens", 16, "--n-predict", 8, *build_args(builds), "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "capacity-llama-dense.json").read_text())
+    assert result["memory_mib"] > 0
+    paged, stock = result["runs"]["paged"], result["runs"]["stock"]
+    assert paged["knobs"]["LLAMA_KV_MAX_MIB"] == str(math.floor(result["memory_mib"]))
+    assert "-np" in stock["command"] and stock["command"][stock["command"].index("-np") + 1] == "2"
+    assert paged["command"][paged["command"].index("-np") + 1] == "4"
+    for run_ in (paged, stock):
+        assert [m["level"] for m in run_["levels"]] == [2, 4]
+        for m in run_["levels"]:
+            assert m["completed"] == m["level"] and m["failed"] == 0 and m["truncated"] == 0, m
+            assert finite(m["req_per_s"]) and m["req_per_s"] > 0, m
+    assert "paged/stock" in (tmp_path / "capacity-llama-dense.md").read_text()
