@@ -46,9 +46,9 @@ def render(ports, listen_port, policy="affinity", config=CONFIG):
 class Proxy:
     """with Proxy([8081, 8082], work_dir) as proxy: requests to proxy.port."""
 
-    def __init__(self, ports, work_dir, policy="affinity", port=None, health_timeout=30.0):
+    def __init__(self, ports, work_dir, policy="affinity", port=None, health_timeout=30.0, name=None):
         self.binary = haproxy_binary()
-        self.ports, self.policy = list(ports), policy
+        self.ports, self.policy, self.name = list(ports), policy, name or policy
         self.fixed_port, self.health_timeout = port, health_timeout
         self.work_dir = pathlib.Path(work_dir)
         self.proc, self.port = None, None
@@ -58,9 +58,9 @@ class Proxy:
             raise HarnessError(f"the proxy's port {self.fixed_port} on {HOST} is already taken")
         self.port = self.fixed_port or free_port()
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path = self.work_dir / f"haproxy-{self.policy}.cfg"
+        self.config_path = self.work_dir / f"haproxy-{self.name}.cfg"
         self.config_path.write_text(render(self.ports, self.port, self.policy))
-        self.log_path = self.work_dir / f"haproxy-{self.policy}.log"
+        self.log_path = self.work_dir / f"haproxy-{self.name}.log"
         check = subprocess.run([self.binary, "-c", "-q", "-f", str(self.config_path)], capture_output=True, text=True,
                                stdin=subprocess.DEVNULL, timeout=60)
         if check.returncode != 0:
@@ -95,7 +95,11 @@ class Proxy:
             self.proc.wait(timeout=grace_s)
 
     def __enter__(self):
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
 
     def __exit__(self, *exc):
         self.stop()

@@ -181,7 +181,13 @@ class LlamaServer:
         return log_tail(self.log_path, lines)
 
     def __enter__(self):
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            # an interrupt or an unexpected error while waiting for /health: the process is ours
+            self.failed = True
+            self.stop()
+            raise
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:

@@ -7,7 +7,9 @@ input (a proxy port already taken, a replica that does not start, no haproxy) is
 and leaves no process behind. Skipped, saying so, only where haproxy is not installed (CI installs
 it)."""
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -39,10 +41,20 @@ def workload(tmp_path, n_requests=12, rate=4.0):
 
 
 def scale(tmp_path, *extra, model="gate-llama", timeout=600):
+    """bench/scale.py in a session of its own: on a timeout the whole group goes (its replicas and
+    proxy too), and the test fails naming the timeout."""
     cmd = [sys.executable, str(ROOT / "bench" / "scale.py"), "--model", str(gate.MODELS_DIR / f"{model}.gguf"),
            "--paged-bin", str(bin_dir("paged")), "--stock-bin", str(bin_dir("stock")), "--knobs", KNOBS,
            "--out", str(tmp_path / "out"), *map(str, extra)]
-    return subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout, cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                            cwd=ROOT, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"bench/scale.py did not end in {timeout} s:\n{out[-2000:]}{err[-2000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def servers_and_proxies():
@@ -89,20 +101,21 @@ def test_prefix_affinity_computes_each_system_prompt_on_one_replica(tmp_path, le
     assert "affinity/round-robin" in (tmp_path / "out" / "scale-scale-small.md").read_text()
 
 
-def test_a_replica_stopped_midway_is_taken_out_and_nothing_hangs(tmp_path, leaves_nothing, report):
-    proc = scale(tmp_path, "--workload", workload(tmp_path, n_requests=24, rate=3.0), "--replicas", 2,
+def test_a_replica_that_dies_midway_is_taken_out_and_nothing_hangs(tmp_path, leaves_nothing, report):
+    proc = scale(tmp_path, "--workload", workload(tmp_path, n_requests=24, rate=2.0), "--replicas", 2,
                  "--policies", "affinity", "--stop-one-after", 3)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "scale-scale-small.json").read_text())
     stopped = next(r for r in result["runs"] if r["stopped_replica_after_s"])
     o = stopped["metrics"]["overall"]
-    report(f"HAProxy, 2 replicas of gate-llama, replica 1 stopped 3 s into 24 chats: {o['n_requests'] - o['n_errors']} served, "
-           f"{o['n_errors']} failed ({stopped['errors'][:2]}), run {stopped['wall_s']:.1f} s")
+    report(f"HAProxy, 2 replicas of gate-llama, replica 1 killed {stopped['stopped_replica_after_s']:.1f} s into 24 chats: "
+           f"{o['n_requests'] - o['n_errors']} served, {o['n_errors']} failed ({stopped['errors'][:2]}); of the "
+           f"{stopped['sent_after_taken_out']} sent 4 s later {stopped['failed_after_taken_out']} failed; run {stopped['wall_s']:.1f} s")
     assert stopped["per_replica"][0] is None and stopped["per_replica"][1] is not None
-    # only what the stopped replica was serving may fail (its 2 slots and what queued for them);
-    # every request ended
-    assert o["n_errors"] <= 4, stopped["errors"]
-    assert o["n_requests"] == 24
+    # every request ended; only what the dead replica held may fail (its 2 slots and what queued
+    # for them), and once the health check took it out every request is served by the other
+    assert o["n_requests"] == 24 and o["n_errors"] <= 4, stopped["errors"]
+    assert stopped["sent_after_taken_out"] >= 3 and stopped["failed_after_taken_out"] == 0, stopped["errors"]
 
 
 def test_a_proxy_port_already_taken_is_a_clear_error(tmp_path, leaves_nothing):
