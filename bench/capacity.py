@@ -96,15 +96,9 @@ class RunningPoller(MetricsPoller):
         super().__init__(srv, [], period_s)
         self.peak = 0.0
 
-    def run(self):
-        while not self.stopped.is_set():
-            try:
-                now = self.srv.metrics(timeout=5)
-            except Exception:  # noqa: BLE001 - a busy server answers the next poll
-                now = {}
-            if "requests_processing" in now:
-                self.peak = max(self.peak, now["requests_processing"] - now.get("kv_budget_requests_waiting", 0.0))
-            self.stopped.wait(self.period_s)
+    def observe(self, now):
+        if "requests_processing" in now:
+            self.peak = max(self.peak, now["requests_processing"] - now.get("kv_budget_requests_waiting", 0.0))
 
 
 def delta(before, after, name):

@@ -43,7 +43,8 @@ def parse_args(argv):
     p.add_argument("--out", required=True, type=pathlib.Path, help="output directory")
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--workload", type=pathlib.Path, default=DEFAULT_WORKLOAD)
-    p.add_argument("--policies", default="affinity,roundrobin", help="comma-separated: affinity, roundrobin")
+    p.add_argument("--policies", default="affinity,roundrobin",
+                   help="comma-separated: affinity, affinity-bounded (hash-balance-factor 125), roundrobin")
     p.add_argument("--stop-one-after", type=float, default=None, help="seconds into a run with affinity when replica 1 stops")
     p.add_argument("--proxy-port", type=int, default=None, help="the proxy's port (default: a free one)")
     p.add_argument("--threads", type=int, default=1, help="llama-server -t of each replica (default 1)")

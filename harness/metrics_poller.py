@@ -17,9 +17,13 @@ class MetricsPoller:
                 now = self.srv.metrics(timeout=5)
             except Exception:  # noqa: BLE001 - a busy server answers the next poll
                 now = {}
-            for name in self.names:
-                self.peak[name] = max(self.peak[name], now.get(name, 0.0))
+            self.observe(now)
             self.stopped.wait(self.period_s)
+
+    def observe(self, now):
+        """One poll's {name: value}; a subclass may keep something else from it."""
+        for name in self.names:
+            self.peak[name] = max(self.peak[name], now.get(name, 0.0))
 
     def __enter__(self):
         self.thread.start()

@@ -12,13 +12,15 @@ import subprocess
 import time
 
 from .errors import HarnessError
-from .server import HOST, free_port, http_get_json, port_taken
+from .server import HOST, free_port, http_get_json, port_taken, stop_process
 
 CONFIG = pathlib.Path(__file__).resolve().parent.parent / "deploy" / "haproxy" / "llama-paged.cfg"
 SERVERS = re.compile(r"(    # servers\n)(.*?)(    # end servers\n)", re.S)
 PREFIX_BALANCE = "    balance hash var(txn.prefix)\n"
 POLICIES = {
     "affinity": PREFIX_BALANCE,
+    # the same, each replica bounded to 125% of the average load (the hot keys spill over)
+    "affinity-bounded": PREFIX_BALANCE + "    hash-balance-factor 125\n",
     "roundrobin": "    balance roundrobin\n",
 }
 
@@ -85,14 +87,7 @@ class Proxy:
                            f" (config {self.config_path}, log {self.log_path}):\n{self.log_path.read_text(errors='replace')[-2000:]}")
 
     def stop(self, grace_s=10.0):
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=grace_s)
+        stop_process(self.proc, grace_s)
 
     def __enter__(self):
         try:

@@ -32,6 +32,18 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def stop_process(proc, grace_s=15.0):
+    """SIGTERM to a child of ours, then SIGKILL if it does not exit in time."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=grace_s)
+
+
 def port_taken(port):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         return sock.connect_ex((HOST, port)) == 0
@@ -160,14 +172,7 @@ class LlamaServer:
 
     def stop(self, grace_s=15.0):
         """SIGTERM to our PID, then SIGKILL if it does not exit in time."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=grace_s)
+        stop_process(self.proc, grace_s)
 
     def keep_log(self, dest_dir):
         """Copies the log next to the results (on failure, or when asked)."""

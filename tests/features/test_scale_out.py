@@ -78,11 +78,15 @@ def test_the_shipped_configuration_is_valid_and_rendered_for_loopback(tmp_path):
     text = proxy.render([9001, 9002, 9003], 9000, "affinity")
     assert "bind 127.0.0.1:9000" in text and text.count("server replica3 127.0.0.1:9003") == 2
     assert "balance hash var(txn.prefix)" in text
+    bounded = proxy.render([9001, 9002], 9000, "affinity-bounded")
+    assert "balance hash var(txn.prefix)\n    hash-balance-factor 125\n" in bounded
     rr = proxy.render([9001, 9002], 9000, "roundrobin")
     assert "balance roundrobin" in rr and "balance hash" not in rr and "balance leastconn" in rr
-    (tmp_path / "rendered.cfg").write_text(text)
-    check = subprocess.run(["haproxy", "-c", "-f", str(tmp_path / "rendered.cfg")], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
+    for policy in proxy.POLICIES:
+        path = tmp_path / f"rendered-{policy}.cfg"
+        path.write_text(proxy.render([9001, 9002, 9003], 9000, policy))
+        check = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True)
+        assert check.returncode == 0, policy + ": " + check.stdout + check.stderr
 
 
 def test_prefix_affinity_computes_each_system_prompt_on_one_replica(tmp_path, leaves_nothing, report):
